@@ -1,0 +1,30 @@
+"""Decoder-only transformers (Llama 3.x, Qwen2/2.5, Qwen3) in Flax NNX.
+
+    model = models.from_pretrained(hf_dir, dtype=jnp.float32)
+    logits = model(tokens)                      # int32[B, T] -> [B, T, V]
+    models.save_pretrained(model, out_dir)      # transformers loads it back
+"""
+
+from rankjax.models._config import (
+    SUPPORTED_MODEL_TYPES,
+    ModelConfig,
+    RopeConfig,
+    config_from_hf,
+    config_to_hf,
+)
+from rankjax.models._hf import CheckpointError, from_pretrained, load_config, save_pretrained
+from rankjax.models._transformer import (
+    KVCache,
+    Transformer,
+    create,
+    create_abstract,
+    default_positions,
+    init_cache,
+)
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES", "ModelConfig", "RopeConfig", "config_from_hf",
+    "config_to_hf", "CheckpointError", "from_pretrained", "load_config",
+    "save_pretrained", "KVCache", "Transformer", "create", "create_abstract",
+    "default_positions", "init_cache",
+]

@@ -1,0 +1,353 @@
+"""A decoder-only transformer (Llama 3.x / Qwen2 / Qwen3) in Flax NNX.
+
+Layer weights are stacked along a leading L axis and the layers run under one
+`lax.scan`, so compile time stays flat in depth. Each parameter carries its
+logical axis names (`logical_axes` metadata); `rankjax.parallel` maps them to
+mesh axes through one rules table.
+
+Two entry points share the same block:
+  * `model(tokens, ...)` — the full forward (training, scoring), with
+    optional positions, segment ids (packing) and a padding mask;
+  * `model.forward_cached(tokens, positions, token_mask, cache)` — writes T
+    new tokens into a preallocated KV cache and attends over it (prefill with
+    T = prompt length, decode with T = 1): the sampler's hot path.
+
+Axis legend: B batch, T query length, S key/cache length, D model width,
+N query heads, K kv heads, G = N / K, H head dim, F MLP width, V vocab,
+L layers.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from rankjax.models._config import ModelConfig, RopeConfig
+
+# A large finite negative instead of -inf: fully masked rows (left padding)
+# then give a uniform softmax instead of NaN.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+@struct.dataclass
+class KVCache:
+  """Preallocated keys/values for incremental decoding.
+
+  k, v:  [L, B, S, K, H] — slot s of row b holds the token written at step s.
+  mask:  bool[B, S] — slot holds a real (non-padding) token.
+  index: int32[] — the next slot to write; every row writes the same slot, so
+         ragged prompts are left-padded and carry their own positions.
+  """
+  k: jax.Array
+  v: jax.Array
+  mask: jax.Array
+  index: jax.Array
+
+  @property
+  def max_length(self) -> int:
+    return self.k.shape[2]
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_length: int,
+               dtype=None) -> KVCache:
+  dtype = dtype or cfg.dtype
+  shape = (cfg.num_layers, batch, max_length, cfg.num_kv_heads, cfg.head_dim)
+  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                 mask=jnp.zeros((batch, max_length), bool),
+                 index=jnp.zeros((), jnp.int32))
+
+
+# ---------------------------------------------------------------------------
+# Pure pieces.
+# ---------------------------------------------------------------------------
+
+
+def rms_norm(x, weight, eps):
+  # Normalise in float32 and cast back before the weight, as transformers does.
+  x32 = x.astype(jnp.float32)
+  x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return weight * x32.astype(x.dtype)
+
+
+def rope_inv_freq(rope: RopeConfig, head_dim: int) -> jax.Array:
+  """Inverse frequencies, including `linear` and `llama3` scaling."""
+  inv = 1.0 / (rope.theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if rope.rope_type == "linear":
+    return inv / rope.factor
+  if rope.rope_type != "llama3":
+    return inv
+  old_len = rope.original_max_position_embeddings
+  low_wavelen = old_len / rope.low_freq_factor
+  high_wavelen = old_len / rope.high_freq_factor
+  wavelen = 2 * math.pi / inv
+  scaled = jnp.where(wavelen > low_wavelen, inv / rope.factor, inv)
+  smooth = (old_len / wavelen - rope.low_freq_factor) / (
+      rope.high_freq_factor - rope.low_freq_factor)
+  smoothed = (1 - smooth) * scaled / rope.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return jnp.where(medium, smoothed, scaled)
+
+
+def rope_sin_cos(positions_bt, inv_freq):
+  angles = positions_bt.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+  return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x_btnh, sin, cos):
+  # Half-rotation layout (transformers' rotate_half), computed in float32.
+  x1, x2 = jnp.split(x_btnh.astype(jnp.float32), 2, axis=-1)
+  sin, cos = sin[:, :, None, :], cos[:, :, None, :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_btnh.dtype)
+
+
+def attention(q_btnh, k_bskh, v_bskh, mask_bts):
+  """Grouped-query attention; softmax in float32."""
+  b, t, n, h = q_btnh.shape
+  k_heads = k_bskh.shape[2]
+  q = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
+  scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k_bskh,
+                      preferred_element_type=jnp.float32) * (h ** -0.5)
+  scores = jnp.where(mask_bts[:, None, None], scores, _MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
+  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh)
+  return out.reshape(b, t, n, h)
+
+
+def _mlp(h, w):
+  gate = jnp.einsum("BTD,DF->BTF", h, w["gate"])
+  up = jnp.einsum("BTD,DF->BTF", h, w["up"])
+  return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, w["down"])
+
+
+def _qkv(x, w, cfg: ModelConfig, sin, cos):
+  h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+  q = jnp.einsum("BTD,DNH->BTNH", h, w["q"])
+  k = jnp.einsum("BTD,DKH->BTKH", h, w["k"])
+  v = jnp.einsum("BTD,DKH->BTKH", h, w["v"])
+  if cfg.attention_bias:
+    q, k, v = q + w["q_bias"], k + w["k_bias"], v + w["v_bias"]
+  if cfg.qk_norm:
+    q = rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
+    k = rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
+  return apply_rope(q, sin, cos), apply_rope(k, sin, cos), v
+
+
+def _finish_block(x, attn_btnh, w, cfg: ModelConfig):
+  x = x + jnp.einsum("BTNH,NHD->BTD", attn_btnh, w["o"])
+  return x + _mlp(rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps), w)
+
+
+def block(x_btd, w, *, cfg: ModelConfig, sin, cos, mask_bts):
+  """One layer over the tokens in hand (no cache)."""
+  q, k, v = _qkv(x_btd, w, cfg, sin, cos)
+  return _finish_block(x_btd, attention(q, k, v, mask_bts), w, cfg)
+
+
+def cached_block(x_btd, w, cache_k, cache_v, layer, *, cfg: ModelConfig, sin,
+                 cos, mask_bts, index):
+  """One layer that writes its new keys/values into the stacked cache.
+
+  The cache is updated with `dynamic_update_slice` on the carried buffer, so
+  XLA updates it in place instead of rebuilding [L, B, S, K, H] every step.
+  """
+  q, k, v = _qkv(x_btd, w, cfg, sin, cos)
+  start = (layer, 0, index, 0, 0)
+  cache_k = jax.lax.dynamic_update_slice(cache_k, k[None].astype(cache_k.dtype), start)
+  cache_v = jax.lax.dynamic_update_slice(cache_v, v[None].astype(cache_v.dtype), start)
+  keys = jax.lax.dynamic_index_in_dim(cache_k, layer, 0, keepdims=False)
+  values = jax.lax.dynamic_index_in_dim(cache_v, layer, 0, keepdims=False)
+  attn = attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask_bts)
+  return _finish_block(x_btd, attn, w, cfg), cache_k, cache_v
+
+
+def default_positions(attention_mask_bt=None, segment_ids_bt=None, length=None):
+  """Positions that restart per segment and skip padding.
+
+  With left padding, `cumsum(mask) - 1` gives every real token the position
+  it would have without padding.
+  """
+  if segment_ids_bt is not None:
+    seg = segment_ids_bt
+    start = jnp.concatenate([jnp.ones_like(seg[:, :1], bool), seg[:, 1:] != seg[:, :-1]], 1)
+    idx = jnp.arange(seg.shape[1])[None]
+    seg_start = jax.lax.cummax(jnp.where(start, idx, 0), axis=1)
+    return (idx - seg_start).astype(jnp.int32)
+  if attention_mask_bt is not None:
+    return jnp.maximum(jnp.cumsum(attention_mask_bt.astype(jnp.int32), axis=1) - 1, 0)
+  return jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (1, length))
+
+
+# ---------------------------------------------------------------------------
+# The NNX module.
+# ---------------------------------------------------------------------------
+
+
+def _param(rngs, shape, axes, dtype, init="normal"):
+  if init == "normal":
+    value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    value = jnp.zeros(shape, jnp.float32)
+  return nnx.Param(value.astype(dtype), logical_axes=axes)
+
+
+class Layers(nnx.Module):
+  """All L layers' weights, stacked on a leading `layers` axis."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    L, D, F = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size
+    N, K, H = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    p = functools.partial(_param, rngs, dtype=cfg.param_dtype)
+    self.attn_norm = p((L, D), ("layers", "norm"), init="ones")
+    self.q = p((L, D, N, H), ("layers", "embed", "q_heads", "head_dim"))
+    self.k = p((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim"))
+    self.v = p((L, D, K, H), ("layers", "embed", "kv_heads", "head_dim"))
+    self.o = p((L, N, H, D), ("layers", "q_heads", "head_dim", "embed"))
+    if cfg.attention_bias:
+      self.q_bias = p((L, N, H), ("layers", "q_heads", "head_dim"), init="zeros")
+      self.k_bias = p((L, K, H), ("layers", "kv_heads", "head_dim"), init="zeros")
+      self.v_bias = p((L, K, H), ("layers", "kv_heads", "head_dim"), init="zeros")
+    if cfg.qk_norm:
+      self.q_norm = p((L, H), ("layers", "norm"), init="ones")
+      self.k_norm = p((L, H), ("layers", "norm"), init="ones")
+    self.mlp_norm = p((L, D), ("layers", "norm"), init="ones")
+    self.gate = p((L, D, F), ("layers", "embed", "mlp"))
+    self.up = p((L, D, F), ("layers", "embed", "mlp"))
+    self.down = p((L, F, D), ("layers", "mlp", "embed"))
+
+  def weights(self, dtype) -> dict[str, jax.Array]:
+    """The stacked weights as plain arrays in the compute dtype."""
+    return {name: v[...].astype(dtype) for name, v in vars(self).items()
+            if isinstance(v, nnx.Param)}
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM with an optional scalar head (reward model / critic)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = cfg
+    D, V = cfg.hidden_size, cfg.vocab_size
+    p = functools.partial(_param, rngs, dtype=cfg.param_dtype)
+    self.embed = p((V, D), ("vocab", "embed"))
+    self.layers = Layers(cfg, rngs=rngs)
+    self.final_norm = p((D,), ("norm",), init="ones")
+    if cfg.lm_head and not cfg.tie_word_embeddings:
+      self.lm_head = p((D, V), ("embed", "vocab"))
+    if cfg.num_labels:
+      self.score = p((D, cfg.num_labels), ("embed", None))
+
+  # -- pieces -----------------------------------------------------------------
+
+  @property
+  def _dtype(self):
+    return jnp.dtype(self.config.dtype)
+
+  def _embed(self, tokens_bt):
+    return jnp.take(self.embed[...], tokens_bt, axis=0).astype(self._dtype)
+
+  def _sin_cos(self, positions_bt):
+    return rope_sin_cos(positions_bt, rope_inv_freq(self.config.rope, self.config.head_dim))
+
+  def logits(self, hidden_btd):
+    """LM logits from final hidden states."""
+    if not self.config.lm_head:
+      raise ValueError("this model has no LM head (it is a scalar-head model)")
+    if self.config.tie_word_embeddings:
+      w = self.embed[...].astype(self._dtype)
+      return jnp.einsum("BTD,VD->BTV", hidden_btd, w)
+    return jnp.einsum("BTD,DV->BTV", hidden_btd, self.lm_head[...].astype(self._dtype))
+
+  def values(self, hidden_btd):
+    """Scalar head per token: [B, T] (num_labels 1) or [B, T, num_labels]."""
+    if not self.config.num_labels:
+      raise ValueError("this model has no scalar head; build it with num_labels=1")
+    out = jnp.einsum("BTD,DC->BTC", hidden_btd.astype(jnp.float32),
+                     self.score[...].astype(jnp.float32))
+    return out[..., 0] if self.config.num_labels == 1 else out
+
+  # -- full forward -------------------------------------------------------------
+
+  def hidden_states(self, tokens_bt, *, positions=None, segment_ids=None,
+                    attention_mask=None):
+    """Final-normed hidden states [B, T, D] for the whole sequence.
+
+    attention_mask: [B, T] 1 for real tokens (padding is never attended to).
+    segment_ids: [B, T] packed documents; attention stays within a segment
+      and positions restart per segment unless given.
+    """
+    cfg = self.config
+    b, t = tokens_bt.shape
+    if positions is None:
+      positions = default_positions(attention_mask, segment_ids, t)
+    positions = jnp.broadcast_to(positions, (b, t))
+    idx = jnp.arange(t)
+    mask = jnp.broadcast_to(idx[None, :, None] >= idx[None, None, :], (b, t, t))
+    if attention_mask is not None:
+      mask = mask & attention_mask.astype(bool)[:, None, :]
+    if segment_ids is not None:
+      mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    sin, cos = self._sin_cos(positions)
+    step = functools.partial(block, cfg=cfg, sin=sin, cos=cos, mask_bts=mask)
+    if cfg.remat:
+      step = jax.checkpoint(step)
+
+    def body(x, w):
+      return step(x, w), None
+
+    x, _ = jax.lax.scan(body, self._embed(tokens_bt), self.layers.weights(self._dtype))
+    return rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)
+
+  def __call__(self, tokens_bt, *, positions=None, segment_ids=None,
+               attention_mask=None):
+    """LM logits [B, T, V] (compute dtype; losses upcast to float32)."""
+    return self.logits(self.hidden_states(
+        tokens_bt, positions=positions, segment_ids=segment_ids,
+        attention_mask=attention_mask))
+
+  # -- cached forward (prefill and decode) -------------------------------------
+
+  def forward_cached(self, tokens_bt, positions_bt, token_mask_bt, cache: KVCache):
+    """Write T tokens at `cache.index` and attend over the cache.
+
+    Returns (final hidden states [B, T, D], updated cache). Query t sits in
+    slot index + t and sees slots <= its own that hold real tokens.
+    """
+    cfg = self.config
+    t = tokens_bt.shape[1]
+    index = cache.index
+    kv_mask = jax.lax.dynamic_update_slice(
+        cache.mask, token_mask_bt.astype(bool), (0, index))
+    slots = jnp.arange(cache.max_length)
+    causal = slots[None, :] <= (index + jnp.arange(t))[:, None]       # [T, S]
+    mask = causal[None] & kv_mask[:, None, :]                          # [B, T, S]
+    sin, cos = self._sin_cos(positions_bt)
+
+    def body(carry, xs):
+      x, ck, cv = carry
+      w, layer = xs
+      x, ck, cv = cached_block(x, w, ck, cv, layer, cfg=cfg, sin=sin, cos=cos,
+                               mask_bts=mask, index=index)
+      return (x, ck, cv), None
+
+    xs = (self.layers.weights(self._dtype), jnp.arange(cfg.num_layers))
+    (x, k, v), _ = jax.lax.scan(body, (self._embed(tokens_bt), cache.k, cache.v), xs)
+    hidden = rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)
+    return hidden, KVCache(k=k, v=v, mask=kv_mask, index=index + t)
+
+  def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
+    return init_cache(self.config, batch, max_length, dtype)
+
+
+def create(cfg: ModelConfig, seed: int = 0) -> Transformer:
+  return Transformer(cfg, rngs=nnx.Rngs(params=seed))
+
+
+def create_abstract(cfg: ModelConfig) -> Transformer:
+  """The model with `ShapeDtypeStruct` leaves: nothing is allocated."""
+  return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(params=0)))

@@ -1,0 +1,231 @@
+"""Model parity with transformers, KV-cache invariance, HF round trips."""
+
+import json
+import pickle
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from hf_reference import make_hf_model
+from rankjax import models, testing
+
+FAMILIES = testing.FAMILIES
+
+
+def _ragged_batch(seed=0, lengths=(23, 40, 7), vocab=128, left=False):
+  """Padded tokens + mask for rows of different lengths."""
+  rng = np.random.RandomState(seed)
+  t = max(lengths)
+  tokens = np.zeros((len(lengths), t), np.int64)
+  mask = np.zeros((len(lengths), t), np.int64)
+  for i, n in enumerate(lengths):
+    sl = slice(t - n, t) if left else slice(0, n)
+    tokens[i, sl] = rng.randint(3, vocab, n)
+    mask[i, sl] = 1
+  return tokens, mask
+
+
+def _hf_logits(hf, tokens, mask):
+  pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+  with torch.no_grad():
+    out = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+             position_ids=torch.tensor(pos))
+  return out.logits.numpy()
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def hf_pair(request, tmp_path_factory):
+  family = request.param
+  hf = make_hf_model(family, seed=1)
+  path = tmp_path_factory.mktemp(family)
+  hf.save_pretrained(path)
+  return family, hf, path, models.from_pretrained(path, dtype=jnp.float32)
+
+
+@pytest.mark.parametrize("left", [False, True], ids=["right_pad", "left_pad"])
+def test_logits_match_transformers(hf_pair, left):
+  family, hf, _, model = hf_pair
+  tokens, mask = _ragged_batch(left=left)
+  ref = _hf_logits(hf, tokens, mask)
+  out = np.asarray(model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
+  valid = mask.astype(bool)
+  diff = np.abs(out - ref)[valid].max()
+  print(f"{family} max |logit diff| = {diff:.2e}")
+  assert diff < 1e-4
+
+
+def test_llama3_rope_scaling_is_exercised():
+  # The tiny llama uses original_max_position_embeddings=32 with 40 tokens:
+  # turning the scaling off must change the logits, or parity proves nothing.
+  cfg = testing.tiny_config("llama")
+  scaled = models.create(cfg, seed=0)
+  plain = models.create(cfg.replace(rope=models.RopeConfig(theta=cfg.rope.theta)), seed=0)
+  tokens = jnp.asarray(_ragged_batch(lengths=(40,))[0])
+  assert float(jnp.abs(scaled(tokens) - plain(tokens)).max()) > 1e-3
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_decode_matches_full_forward(family):
+  model = testing.tiny_model(family, seed=3)
+  tokens, mask = _ragged_batch(seed=4, lengths=(9, 14, 5), left=True)
+  tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+  positions = models.default_positions(mask)
+  full = model(tokens, attention_mask=mask)
+  # Prefill the first 6 slots at once, then decode one token at a time.
+  cache = model.init_cache(batch=3, max_length=20)
+  hidden, cache = model.forward_cached(tokens[:, :6], positions[:, :6], mask[:, :6], cache)
+  steps = [model.logits(hidden)]
+  for t in range(6, tokens.shape[1]):
+    sl = slice(t, t + 1)
+    hidden, cache = model.forward_cached(tokens[:, sl], positions[:, sl], mask[:, sl], cache)
+    steps.append(model.logits(hidden))
+  cached = jnp.concatenate(steps, axis=1)
+  valid = np.asarray(mask).astype(bool)
+  np.testing.assert_allclose(np.asarray(cached)[valid], np.asarray(full)[valid], atol=1e-5)
+  assert int(cache.index) == tokens.shape[1]
+
+
+def test_packed_segments_equal_separate_rows():
+  model = testing.tiny_model("qwen3", seed=5)
+  a = jnp.arange(3, 10)[None]
+  b = jnp.arange(20, 31)[None]
+  packed = jnp.concatenate([a, b], axis=1)
+  seg = jnp.concatenate([jnp.ones_like(a), 2 * jnp.ones_like(b)], axis=1)
+  out = model(packed, segment_ids=seg)
+  chex.assert_trees_all_close(out[:, :7], model(a), atol=1e-5)
+  chex.assert_trees_all_close(out[:, 7:], model(b), atol=1e-5)
+
+
+def test_round_trip_transformers_loads_our_export(hf_pair, tmp_path):
+  family, hf, _, model = hf_pair
+  models.save_pretrained(model, tmp_path)
+  back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+  tokens, mask = _ragged_batch(seed=7)
+  np.testing.assert_allclose(_hf_logits(back, tokens, mask), _hf_logits(hf, tokens, mask),
+                             atol=1e-6)
+
+
+def test_sharded_safetensors_with_index(tmp_path):
+  model = testing.tiny_model("llama", seed=2)
+  models.save_pretrained(model, tmp_path, max_shard_bytes=64 << 10)
+  index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
+  assert len(set(index["weight_map"].values())) > 1
+  again = models.from_pretrained(tmp_path)
+  tokens = jnp.asarray(_ragged_batch(lengths=(12,))[0])
+  chex.assert_trees_all_close(again(tokens), model(tokens), atol=0)
+  # transformers reads the sharded export too.
+  hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+  ref = hf(torch.tensor(np.asarray(tokens))).logits.detach().numpy()
+  np.testing.assert_allclose(np.asarray(model(tokens)), ref, atol=1e-4)
+
+
+def test_scalar_head_matches_sequence_classifier(tmp_path):
+  hf = make_hf_model("qwen2", seed=4, classifier=True)
+  hf.config.pad_token_id = 0
+  hf.save_pretrained(tmp_path)
+  model = models.from_pretrained(tmp_path)
+  assert not model.config.lm_head and model.config.num_labels == 1
+  tokens, mask = _ragged_batch(seed=8)
+  with torch.no_grad():
+    ref = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask)).logits.numpy()
+  values = model.values(model.hidden_states(jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
+  last = mask.sum(1) - 1
+  np.testing.assert_allclose(np.asarray(values)[np.arange(3), last], ref[:, 0], atol=1e-4)
+  models.save_pretrained(model, tmp_path / "out")
+  back = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+  assert back.config.num_labels == 1
+
+
+def test_fresh_scalar_head_on_causal_lm(hf_pair):
+  _, _, path, _ = hf_pair
+  critic = models.from_pretrained(path, num_labels=1)
+  assert critic.config.lm_head and critic.config.num_labels == 1
+  tokens = jnp.ones((2, 5), jnp.int32)
+  assert critic.values(critic.hidden_states(tokens)).shape == (2, 5)
+
+
+def test_abstract_creation_allocates_nothing():
+  cfg = models.ModelConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                           num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128)
+  abstract = models.create_abstract(cfg)
+  leaves = jax.tree.leaves(abstract)
+  assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)
+  assert sum(int(np.prod(x.shape)) for x in leaves) == cfg.num_params
+
+
+def test_bfloat16_load(hf_pair):
+  _, _, path, model32 = hf_pair
+  model = models.from_pretrained(path, dtype=jnp.bfloat16)
+  assert model.embed[...].dtype == jnp.bfloat16
+  tokens = jnp.asarray(_ragged_batch(lengths=(10,))[0])
+  diff = jnp.abs(model(tokens).astype(jnp.float32) - model32(tokens)).max()
+  assert float(diff) < 0.1
+
+
+# -- bad checkpoints ----------------------------------------------------------
+
+
+def _write_config(path, **changes):
+  cfg = json.loads((path / "config.json").read_text())
+  cfg.update(changes)
+  (path / "config.json").write_text(json.dumps(cfg))
+
+
+def _export(tmp_path, family="llama"):
+  models.save_pretrained(testing.tiny_model(family), tmp_path)
+  return tmp_path
+
+
+def test_unknown_architecture(tmp_path):
+  _write_config(_export(tmp_path), model_type="gpt2")
+  with pytest.raises(models.CheckpointError, match="gpt2.*supported: llama, qwen2, qwen3"):
+    models.from_pretrained(tmp_path)
+
+
+def test_missing_tensor(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  path = _export(tmp_path)
+  tensors = load_file(path / "model.safetensors")
+  del tensors["model.layers.1.mlp.up_proj.weight"]
+  save_file(tensors, path / "model.safetensors")
+  with pytest.raises(models.CheckpointError, match=r"missing tensor 'model.layers.1.mlp.up_proj.weight'"):
+    models.from_pretrained(path)
+
+
+def test_unexpected_tensor(tmp_path):
+  from safetensors.numpy import load_file, save_file
+  path = _export(tmp_path)
+  tensors = load_file(path / "model.safetensors")
+  tensors["model.layers.0.extra.weight"] = np.zeros(3, np.float32)
+  save_file(tensors, path / "model.safetensors")
+  with pytest.raises(models.CheckpointError, match="unexpected tensors.*model.layers.0.extra.weight"):
+    models.from_pretrained(path)
+
+
+def test_wrong_shape(tmp_path):
+  path = _export(tmp_path)
+  _write_config(path, intermediate_size=96)
+  with pytest.raises(models.CheckpointError, match=r"gate_proj.weight' has shape \(128, 64\), expected \(96, 64\)"):
+    models.from_pretrained(path)
+
+
+def test_pickle_only_directory_is_refused(tmp_path):
+  path = _export(tmp_path)
+  (path / "model.safetensors").unlink()
+  with open(path / "pytorch_model.bin", "wb") as f:
+    pickle.dump({"x": 1}, f)
+  with pytest.raises(models.CheckpointError, match="pytorch_model.bin.*never loaded"):
+    models.from_pretrained(path)
+
+
+def test_unsupported_rope_type(tmp_path):
+  path = _export(tmp_path)
+  _write_config(path, rope_scaling={"rope_type": "yarn", "factor": 4.0},
+                rope_parameters={"rope_type": "yarn", "factor": 4.0})
+  with pytest.raises(models.CheckpointError, match="yarn.*supported: default, linear, llama3"):
+    models.from_pretrained(path)
