@@ -131,7 +131,6 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 _MIN_JINJA = (3, 1, 6)
 
 # While a render is traced: (blocks rendered so far, generation spans found).
-_TRACE: contextvars.ContextVar[tuple[list[str], list[tuple[int, int]]] | None]
 _TRACE = contextvars.ContextVar("rankjax_chat_trace", default=None)
 
 

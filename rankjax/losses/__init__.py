@@ -1,0 +1,63 @@
+"""Pure loss functions of arrays.
+
+Every loss takes arrays (log-probs, logits, masks, rewards) and keyword
+hyper-parameters and returns `(scalar float32 loss, dict of metrics)`;
+helpers (advantages, log-prob gathers, reductions) return arrays. All are
+jittable and finite on empty masks. Formulas: shared/REFERENCES.md.
+"""
+
+from rankjax.losses._common import masked_mean
+from rankjax.losses._common import masked_sum
+from rankjax.losses._common import sequence_logprobs
+from rankjax.losses._common import token_logprobs
+from rankjax.losses._dpo import DPO_LOSS_TYPES
+from rankjax.losses._dpo import dpo_loss
+from rankjax.losses._kto import kto_loss
+from rankjax.losses._policy import adaptive_kl_coef
+from rankjax.losses._policy import gae
+from rankjax.losses._policy import group_advantages
+from rankjax.losses._policy import kl_k1
+from rankjax.losses._policy import kl_k2
+from rankjax.losses._policy import kl_k3
+from rankjax.losses._policy import policy_gradient_loss
+from rankjax.losses._policy import ppo_policy_loss
+from rankjax.losses._policy import ppo_token_rewards
+from rankjax.losses._policy import ppo_value_loss
+from rankjax.losses._policy import reinforce_pp_advantages
+from rankjax.losses._policy import rloo_advantages
+from rankjax.losses._policy import whiten
+from rankjax.losses._reward import reward_model_loss
+from rankjax.losses._sft import repeated_ngram_mask
+from rankjax.losses._sft import sequence_unlikelihood_loss
+from rankjax.losses._sft import sft_loss
+from rankjax.losses._sft import tfew_loss
+from rankjax.losses._sft import token_unlikelihood_loss
+
+__all__ = [
+    "DPO_LOSS_TYPES",
+    "adaptive_kl_coef",
+    "dpo_loss",
+    "gae",
+    "group_advantages",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "kto_loss",
+    "masked_mean",
+    "masked_sum",
+    "policy_gradient_loss",
+    "ppo_policy_loss",
+    "ppo_token_rewards",
+    "ppo_value_loss",
+    "reinforce_pp_advantages",
+    "repeated_ngram_mask",
+    "reward_model_loss",
+    "rloo_advantages",
+    "sequence_logprobs",
+    "sequence_unlikelihood_loss",
+    "sft_loss",
+    "tfew_loss",
+    "token_logprobs",
+    "token_unlikelihood_loss",
+    "whiten",
+]

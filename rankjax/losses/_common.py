@@ -1,0 +1,100 @@
+"""Shared helpers for the losses: log-prob gathers and masked reductions.
+
+Axis letters follow DESIGN.md: B batch, T sequence, V vocab.
+Masks may be bool or numeric (0/1 or weights); a position counts when its
+mask entry is non-zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Largest log-probability allowed inside log(1 - p), i.e. p <= 1 - 1e-5.
+# Welleck et al.'s reference code clamps 1 - p at 1e-5; the bound keeps the
+# gradient of log(1 - p) finite when the model is certain of a token. It is
+# applied in log space because 1 - 1e-5 itself is inexact in float32.
+_MAX_LOGP = math.log1p(-1e-5)
+
+
+def token_logprobs(logits_btv: Array, targets_bt: Array) -> Array:
+  """log p(targets | context) per position.
+
+  Args:
+    logits_btv: float[B, T, V] next-token logits, any float dtype.
+    targets_bt: int[B, T] token ids to score.
+
+  Returns:
+    float32[B, T]: log_softmax(logits)[b, t, targets[b, t]].
+  """
+  # Upcast before the log-softmax: in bf16 the log-partition loses ~3 digits
+  # and the gathered log-probs of likely tokens round to 0.
+  logp_btv = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
+  idx_bt1 = targets_bt.astype(jnp.int32)[..., None]
+  return jnp.take_along_axis(logp_btv, idx_bt1, axis=-1)[..., 0]
+
+
+def _as_weights(mask: Array) -> Array:
+  return jnp.asarray(mask).astype(jnp.float32)
+
+
+def masked_sum(x: Array, mask: Array, axis=None) -> Array:
+  """sum(x · mask) over `axis` (all axes when None), in float32.
+
+  Positions with mask == 0 contribute exactly 0 even if x is inf/NaN there
+  (padding slots often hold garbage log-probs).
+  """
+  x, w = jnp.broadcast_arrays(jnp.asarray(x).astype(jnp.float32),
+                              _as_weights(mask))
+  return jnp.sum(jnp.where(w != 0, x * w, 0.0), axis=axis)
+
+
+def masked_mean(x: Array, mask: Array, axis=None) -> Array:
+  """sum(x · mask) / sum(mask); 0 (not NaN) where the mask is empty."""
+  x, w = jnp.broadcast_arrays(jnp.asarray(x).astype(jnp.float32),
+                              _as_weights(mask))
+  total = masked_sum(x, w, axis=axis)
+  count = jnp.sum(w, axis=axis)
+  nonempty = count != 0
+  # Double `where` so the empty case has neither a NaN value nor a NaN grad.
+  return jnp.where(nonempty, total / jnp.where(nonempty, count, 1.0), 0.0)
+
+
+def sequence_logprobs(token_logps_bt: Array, mask_bt: Array) -> Array:
+  """log p(sequence) = Σ_t mask_t · log p(y_t | y_<t), per row: float32[B]."""
+  return masked_sum(token_logps_bt, mask_bt, axis=-1)
+
+
+def log1m_prob(logp: Array) -> Array:
+  """log(1 − p) from log p, with p clipped at 1 − 1e-5.
+
+  The clip bounds the penalty at −log(1e-5) ≈ 11.5 and keeps its gradient
+  finite when p → 1. It is applied in log space and the result uses the
+  two-branch log1mexp (Mächler 2012): log(−expm1(x)) near p = 1 and
+  log1p(−exp(x)) below p = ½, each accurate where the other is not.
+  """
+  x = jnp.minimum(jnp.asarray(logp).astype(jnp.float32), _MAX_LOGP)
+  return jnp.where(x > -math.log(2.0), jnp.log(-jnp.expm1(x)),
+                   jnp.log1p(-jnp.exp(x)))
+
+
+def check_same_shape(**arrays) -> None:
+  """Raises ValueError naming the arguments unless all shapes are equal.
+
+  `None` entries are skipped (optional arguments).
+  """
+  shapes = {k: jnp.shape(v) for k, v in arrays.items() if v is not None}
+  if len(set(shapes.values())) > 1:
+    listing = ", ".join(f"{k}={s}" for k, s in shapes.items())
+    raise ValueError(f"Shape mismatch: expected equal shapes, got {listing}.")
+
+
+def check_choice(name: str, value, supported) -> None:
+  if value not in supported:
+    raise ValueError(
+        f"Unknown {name}={value!r}; supported: {', '.join(map(repr, supported))}."
+    )

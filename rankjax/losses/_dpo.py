@@ -1,0 +1,283 @@
+"""Direct preference optimisation and its pairwise variants.
+
+DPO: Rafailov et al. 2023, arXiv 2305.18290. Each variant below is a small
+per-pair function of the log-ratios s_y = log π(y|x) − log π_ref(y|x),
+registered in `_LOSSES`; `dpo_loss` averages the per-pair losses and sums
+the selected types with weights. Formulas follow REFERENCES.md (as TRL's
+DPOTrainer computes them).
+
+Notation: Δ = s_c − s_r, β the inverse temperature, ε = label_smoothing,
+s̄ = s / number of completion tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from rankjax.losses import _common
+
+Array = jax.Array
+
+# TRL's default ε for exo_pair when label_smoothing is 0 (log ε must be finite).
+_EXO_DEFAULT_EPS = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pair:
+  """Per-pair inputs shared by every loss type (arrays float32[B])."""
+  chosen: Array  # s_c
+  rejected: Array  # s_r
+  chosen_norm: Array | None  # s̄_c, None without lengths
+  rejected_norm: Array | None  # s̄_r
+  beta: float
+  label_smoothing: float
+  discopop_tau: float
+
+  @property
+  def logits(self) -> Array:
+    """βΔ."""
+    return self.beta * (self.chosen - self.rejected)
+
+
+def _sigmoid(p: _Pair) -> Array:
+  """−(1−ε) log σ(βΔ) − ε log σ(−βΔ); ε > 0 is conservative DPO."""
+  eps = p.label_smoothing
+  return (-(1.0 - eps) * jax.nn.log_sigmoid(p.logits)
+          - eps * jax.nn.log_sigmoid(-p.logits))
+
+
+def _robust(p: _Pair) -> Array:
+  """[−(1−ε) log σ(βΔ) + ε log σ(−βΔ)] / (1 − 2ε) (Chowdhury et al. 2024)."""
+  eps = p.label_smoothing
+  if eps >= 0.5:
+    raise ValueError(f"loss_type='robust' needs label_smoothing < 0.5, got {eps}.")
+  return (-(1.0 - eps) * jax.nn.log_sigmoid(p.logits)
+          + eps * jax.nn.log_sigmoid(-p.logits)) / (1.0 - 2.0 * eps)
+
+
+def _hinge(p: _Pair) -> Array:
+  """max(0, 1 − βΔ) (SLiC, Zhao et al. 2023)."""
+  return jax.nn.relu(1.0 - p.logits)
+
+
+def _ipo(p: _Pair) -> Array:
+  """(s̄_c − s̄_r − 1/(2β))² (Azar et al. 2023), on length-normalised s."""
+  c, r = _normalized(p, "ipo")
+  return jnp.square(c - r - 1.0 / (2.0 * p.beta))
+
+
+def _exo_pair(p: _Pair) -> Array:
+  """σ(βΔ)[log σ(βΔ) − log(1−ε)] + σ(−βΔ)[log σ(−βΔ) − log ε] (Ji et al. 2024).
+
+  ε = 0 would make log ε infinite; as in TRL it then defaults to 1e-3.
+  """
+  eps = p.label_smoothing or _EXO_DEFAULT_EPS
+  z = p.logits
+  return (jax.nn.sigmoid(z) * (jax.nn.log_sigmoid(z) - jnp.log1p(-eps))
+          + jax.nn.sigmoid(-z) * (jax.nn.log_sigmoid(-z) - jnp.log(eps)))
+
+
+def _nca_pair(p: _Pair) -> Array:
+  """−log σ(βs_c) − ½ log σ(−βs_c) − ½ log σ(−βs_r) (Chen et al. 2024)."""
+  rc, rr = p.beta * p.chosen, p.beta * p.rejected
+  return (-jax.nn.log_sigmoid(rc) - 0.5 * jax.nn.log_sigmoid(-rc)
+          - 0.5 * jax.nn.log_sigmoid(-rr))
+
+
+def _bco_pair(p: _Pair) -> Array:
+  """−log σ(βs_c) − log σ(−βs_r) (Jung et al. 2024).
+
+  TRL also subtracts a running mean δ of the rewards inside both sigmoids;
+  REFERENCES.md (the spec here) has no δ, so neither does this: add one by
+  shifting the log-ratios at the call site if needed.
+  """
+  return (-jax.nn.log_sigmoid(p.beta * p.chosen)
+          - jax.nn.log_sigmoid(-p.beta * p.rejected))
+
+
+def _sppo_hard(p: _Pair) -> Array:
+  """(s_c − 1/(2β))² + (s_r + 1/(2β))² (Wu et al. 2024)."""
+  half = 1.0 / (2.0 * p.beta)
+  return jnp.square(p.chosen - half) + jnp.square(p.rejected + half)
+
+
+def _apo_zero(p: _Pair) -> Array:
+  """(1 − σ(βs_c)) + σ(βs_r) (D'Oosterlinck et al. 2024)."""
+  return (1.0 - jax.nn.sigmoid(p.beta * p.chosen)
+          + jax.nn.sigmoid(p.beta * p.rejected))
+
+
+def _apo_down(p: _Pair) -> Array:
+  """σ(βs_c) + (1 − σ(βΔ)) (D'Oosterlinck et al. 2024)."""
+  return jax.nn.sigmoid(p.beta * p.chosen) + 1.0 - jax.nn.sigmoid(p.logits)
+
+
+def _discopop(p: _Pair) -> Array:
+  """(1 − m)(−log σ(z)) + m·e^(−z), z = βΔ, m = σ(z/τ) (Chan et al. 2024).
+
+  m·e^(−z) is evaluated as exp(log σ(z/τ) − z): for very negative z the
+  naive product is 0·inf = NaN.
+  """
+  z, tau = p.logits, p.discopop_tau
+  return (jax.nn.sigmoid(-z / tau) * -jax.nn.log_sigmoid(z)
+          + jnp.exp(jax.nn.log_sigmoid(z / tau) - z))
+
+
+def _sigmoid_norm(p: _Pair) -> Array:
+  """−log σ(β(s̄_c − s̄_r)): sigmoid DPO on length-normalised log-ratios."""
+  c, r = _normalized(p, "sigmoid_norm")
+  return -jax.nn.log_sigmoid(p.beta * (c - r))
+
+
+def _normalized(p: _Pair, loss_type: str) -> tuple[Array, Array]:
+  if p.chosen_norm is None or p.rejected_norm is None:
+    raise ValueError(
+        f"loss_type={loss_type!r} length-normalises the log-probs: pass "
+        "chosen_lengths and rejected_lengths (completion token counts).")
+  return p.chosen_norm, p.rejected_norm
+
+
+_LOSSES: dict[str, Callable[[_Pair], Array]] = {
+    "sigmoid": _sigmoid,
+    "robust": _robust,
+    "hinge": _hinge,
+    "ipo": _ipo,
+    "exo_pair": _exo_pair,
+    "nca_pair": _nca_pair,
+    "bco_pair": _bco_pair,
+    "sppo_hard": _sppo_hard,
+    "apo_zero": _apo_zero,
+    "apo_down": _apo_down,
+    "discopop": _discopop,
+    "sigmoid_norm": _sigmoid_norm,
+}
+DPO_LOSS_TYPES: tuple[str, ...] = tuple(_LOSSES)
+
+
+def _per_token(x: Array, lengths: Array) -> Array:
+  # A zero-length completion has no tokens; divide by 1 to stay finite.
+  return x / jnp.maximum(lengths, 1.0)
+
+
+def dpo_loss(
+    policy_chosen_logps: Array,
+    policy_rejected_logps: Array,
+    ref_chosen_logps: Array | None,
+    ref_rejected_logps: Array | None,
+    *,
+    beta: float = 0.1,
+    loss_type: str | Sequence[str] = "sigmoid",
+    label_smoothing: float = 0.0,
+    chosen_lengths: Array | None = None,
+    rejected_lengths: Array | None = None,
+    loss_weights: Sequence[float] | None = None,
+    reference_free: bool = False,
+    discopop_tau: float = 0.05,
+    sft_weight: float = 0.0,
+) -> tuple[Array, dict[str, Array]]:
+  """DPO (Rafailov et al. 2023, arXiv 2305.18290) and its pairwise variants.
+
+  With s_y = log π(y|x) − log π_ref(y|x) (sequence log-probs, float[B]):
+
+    L = Σ_k w_k · mean_b ℓ_{type_k}(s_c, s_r)
+        + sft_weight · mean_b (−log π(y_c|x) / |y_c|)
+
+  where ℓ is one of DPO_LOSS_TYPES (see REFERENCES.md; sigmoid is
+  −log σ(βΔ)), weights w default to 1, and the optional SFT term is the
+  chosen completion's per-token NLL (RPO). reference_free sets log π_ref := 0.
+
+  Args:
+    policy_chosen_logps: float[B] Σ_t log π(y_c,t | ...) of chosen completions.
+    policy_rejected_logps: float[B] same for rejected.
+    ref_chosen_logps: float[B] reference log-probs (None if reference_free).
+    ref_rejected_logps: float[B].
+    beta: β.
+    loss_type: a name in DPO_LOSS_TYPES or a sequence of names.
+    label_smoothing: ε for sigmoid, robust and exo_pair.
+    chosen_lengths: float/int[B] completion token counts; needed by ipo,
+      sigmoid_norm and the SFT term.
+    rejected_lengths: float/int[B].
+    loss_weights: one weight per loss type (default all 1).
+    reference_free: ignore the reference model (log π_ref := 0).
+    discopop_tau: τ of discopop.
+    sft_weight: weight of the SFT (NLL per chosen token) term.
+
+  Returns:
+    (loss, metrics): loss, rewards/chosen, rewards/rejected (mean β·s),
+    rewards/margins, rewards/accuracies, logps/chosen, logps/rejected, and
+    loss/<type> per type (plus loss/sft when sft_weight ≠ 0).
+  """
+  loss_types = (loss_type,) if isinstance(loss_type, str) else tuple(loss_type)
+  if not loss_types:
+    raise ValueError("loss_type is empty.")
+  for name in loss_types:
+    if name not in _LOSSES:
+      raise ValueError(f"Unknown DPO loss_type={name!r}; supported: "
+                       f"{', '.join(DPO_LOSS_TYPES)}.")
+  if loss_weights is None:
+    loss_weights = (1.0,) * len(loss_types)
+  if len(loss_weights) != len(loss_types):
+    raise ValueError(f"loss_weights has {len(loss_weights)} entries for "
+                     f"{len(loss_types)} loss types {loss_types}.")
+  if not reference_free and (ref_chosen_logps is None
+                             or ref_rejected_logps is None):
+    raise ValueError("ref_chosen_logps and ref_rejected_logps are required "
+                     "unless reference_free=True.")
+  if (chosen_lengths is None) != (rejected_lengths is None):
+    raise ValueError("Pass both chosen_lengths and rejected_lengths, or neither.")
+  if sft_weight and chosen_lengths is None:
+    raise ValueError("sft_weight > 0 needs chosen_lengths (the SFT term is "
+                     "the NLL per chosen token).")
+  _common.check_same_shape(
+      policy_chosen_logps=policy_chosen_logps,
+      policy_rejected_logps=policy_rejected_logps,
+      ref_chosen_logps=None if reference_free else ref_chosen_logps,
+      ref_rejected_logps=None if reference_free else ref_rejected_logps,
+      chosen_lengths=chosen_lengths,
+      rejected_lengths=rejected_lengths)
+
+  f32 = lambda x: jnp.asarray(x).astype(jnp.float32)
+  pc, pr = f32(policy_chosen_logps), f32(policy_rejected_logps)
+  if reference_free:
+    rc, rr = jnp.zeros_like(pc), jnp.zeros_like(pr)
+  else:
+    rc, rr = f32(ref_chosen_logps), f32(ref_rejected_logps)
+  s_c, s_r = pc - rc, pr - rr
+  if chosen_lengths is None:
+    s_c_norm = s_r_norm = None
+  else:
+    s_c_norm = _per_token(s_c, f32(chosen_lengths))
+    s_r_norm = _per_token(s_r, f32(rejected_lengths))
+  pair = _Pair(chosen=s_c, rejected=s_r, chosen_norm=s_c_norm,
+               rejected_norm=s_r_norm, beta=beta,
+               label_smoothing=label_smoothing, discopop_tau=discopop_tau)
+
+  metrics = {}
+  loss = jnp.zeros((), jnp.float32)
+  for name, weight in zip(loss_types, loss_weights):
+    term = jnp.mean(_LOSSES[name](pair))
+    metrics[f"loss/{name}"] = term
+    loss = loss + weight * term
+  if sft_weight:
+    sft = jnp.mean(-_per_token(pc, f32(chosen_lengths)))
+    metrics["loss/sft"] = sft
+    loss = loss + sft_weight * sft
+
+  # Implicit rewards r = β·s on the summed (not length-normalised) log-probs;
+  # they are diagnostics only, hence the stop_gradient.
+  reward_c = jax.lax.stop_gradient(beta * s_c)
+  reward_r = jax.lax.stop_gradient(beta * s_r)
+  metrics.update({
+      "loss": loss,
+      "rewards/chosen": jnp.mean(reward_c),
+      "rewards/rejected": jnp.mean(reward_r),
+      "rewards/margins": jnp.mean(reward_c - reward_r),
+      "rewards/accuracies": jnp.mean((reward_c > reward_r).astype(jnp.float32)),
+      "logps/chosen": jnp.mean(jax.lax.stop_gradient(pc)),
+      "logps/rejected": jnp.mean(jax.lax.stop_gradient(pr)),
+  })
+  return loss, metrics

@@ -1,0 +1,136 @@
+"""Logit processing in the transformers order, without sorting the vocabulary.
+
+repetition penalty -> temperature -> top-k -> top-p -> min-p.
+
+Every filter keeps the tokens whose (temperature-scaled) logit is at least a
+per-row threshold: top-k keeps logits >= the k-th largest, top-p keeps the
+smallest top set whose probability reaches p, min-p keeps logits >=
+max + log(min_p). The kept sets are nested, so their intersection is "logit >=
+the largest of the three thresholds", and sampling is one categorical draw
+over the full vocabulary with everything below the threshold masked.
+
+Only the thresholds need order statistics. They come from a `lax.top_k`
+window of W logits; a row whose top-k exceeds W, or whose nucleus is wider
+than the window, takes an exact full-sort fallback (`lax.cond`, so the sort
+runs only on steps that need it).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+_NEG = -1e30
+
+
+@struct.dataclass
+class RowParams:
+  """Per-row sampling parameters: traced arrays, so changing them never
+  recompiles. temperature 0 means greedy for that row."""
+  temperature: jax.Array          # f32[R]
+  top_k: jax.Array                # i32[R]  (0 = off)
+  top_p: jax.Array                # f32[R]  (1 = off)
+  min_p: jax.Array                # f32[R]  (0 = off)
+  repetition_penalty: jax.Array   # f32[R]  (1 = off)
+  max_new_tokens: jax.Array       # i32[R]
+
+  def repeat(self, n: int) -> "RowParams":
+    return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), self)
+
+
+def apply_repetition_penalty(logits_rv, seen_rv, penalty_r):
+  """transformers' rule: seen logits divided by p if > 0, multiplied if < 0."""
+  p = penalty_r[:, None]
+  penalised = jnp.where(logits_rv > 0, logits_rv / p, logits_rv * p)
+  return jnp.where(seen_rv, penalised, logits_rv)
+
+
+def _thresholds_from_sorted(sorted_rw, lse_r, params: RowParams):
+  """top-k and top-p thresholds from the W largest scaled logits (desc).
+
+  lse_r: log of the normaliser of the distribution top-p sees (the top-k set
+  when top-k is on, else the whole vocabulary). Returns (threshold_r,
+  exact_r) where exact_r says whether W logits were enough.
+  """
+  w = sorted_rw.shape[-1]
+  k = params.top_k
+  k_on = (k > 0) & (k < w + 1)
+  kth = jnp.take_along_axis(sorted_rw, jnp.clip(k - 1, 0, w - 1)[:, None], axis=-1)[:, 0]
+  k_thresh = jnp.where(k > 0, kth, _NEG)
+  # Top-p over the window: keep rank r iff the mass strictly before it < p.
+  in_k = sorted_rw >= k_thresh[:, None]
+  probs = jnp.where(in_k, jnp.exp(sorted_rw - lse_r[:, None]), 0.0)
+  before = jnp.cumsum(probs, axis=-1) - probs
+  keep = (before < params.top_p[:, None]) & in_k
+  keep = keep.at[:, 0].set(True)  # at least one token
+  last = jnp.sum(keep, axis=-1) - 1
+  p_thresh = jnp.take_along_axis(sorted_rw, last[:, None], axis=-1)[:, 0]
+  p_on = params.top_p < 1.0
+  p_fits = jnp.sum(probs, axis=-1) >= params.top_p
+  thresh = jnp.maximum(k_thresh, jnp.where(p_on, p_thresh, _NEG))
+  exact = ((k == 0) | k_on) & (~p_on | p_fits)
+  return thresh, exact
+
+
+def filter_logits(logits_rv, params: RowParams, *, window: int):
+  """Temperature-scaled logits with filtered tokens set to a large negative.
+
+  `logits_rv` must already carry the repetition penalty. Rows with
+  temperature 0 are returned scaled by 1 (the caller takes the argmax).
+  """
+  v = logits_rv.shape[-1]
+  temp = jnp.where(params.temperature > 0, params.temperature, 1.0)
+  scaled = logits_rv.astype(jnp.float32) / temp[:, None]
+  window = min(window, v)
+  k = params.top_k
+
+  def windowed(_):
+    top_rw, _ = jax.lax.top_k(scaled, window)
+    # The normaliser top-p sees: the top-k set if top-k is on (and fits the
+    # window), else the whole vocabulary.
+    in_k = jnp.arange(window)[None, :] < jnp.where(k > 0, k, window + 1)[:, None]
+    lse_full = jax.nn.logsumexp(scaled, axis=-1)
+    lse_k = jax.nn.logsumexp(jnp.where(in_k, top_rw, -jnp.inf), axis=-1)
+    lse = jnp.where((k > 0) & (k <= window), lse_k, lse_full)
+    thresh, exact = _thresholds_from_sorted(top_rw, lse, params)
+    exact = exact | (params.temperature <= 0)  # greedy rows ignore filters
+
+    def full_sort(_):
+      sorted_rv = -jnp.sort(-scaled, axis=-1)
+      in_full_k = jnp.arange(v)[None, :] < jnp.where(k > 0, k, v + 1)[:, None]
+      lse_fk = jax.nn.logsumexp(jnp.where(in_full_k, sorted_rv, -jnp.inf), axis=-1)
+      t, _ = _thresholds_from_sorted(sorted_rv, lse_fk, params)
+      return jnp.where(exact, thresh, t)
+
+    return jax.lax.cond(jnp.all(exact), lambda _: thresh, full_sort, None)
+
+  # Greedy rows and plain temperature sampling need no order statistics.
+  needs_window = jnp.any((params.temperature > 0) & ((k > 0) | (params.top_p < 1.0)))
+  thresh = jax.lax.cond(needs_window, windowed,
+                        lambda _: jnp.full(scaled.shape[:1], _NEG), None)
+  # min-p: prob >= min_p * max prob  <=>  logit >= max + log(min_p).
+  min_p_thresh = jnp.where(params.min_p > 0,
+                           jnp.max(scaled, axis=-1) + jnp.log(jnp.maximum(params.min_p, 1e-30)),
+                           _NEG)
+  thresh = jnp.maximum(thresh, min_p_thresh)
+  return jnp.where(scaled >= thresh[:, None], scaled, _NEG)
+
+
+def sample_tokens(rng, logits_rv, seen_rv, params: RowParams, *, window: int):
+  """One decoding step for R rows.
+
+  Returns (tokens i32[R], raw log-prob f32[R] under the unprocessed model,
+  log-prob f32[R] under the processed sampling distribution).
+  """
+  logits32 = logits_rv.astype(jnp.float32)  # upcast before log-softmax
+  penalised = logits32 if seen_rv is None else apply_repetition_penalty(
+      logits32, seen_rv, params.repetition_penalty)
+  filtered = filter_logits(penalised, params, window=window)
+  sampled = jax.random.categorical(rng, filtered, axis=-1)
+  greedy = jnp.argmax(penalised, axis=-1)
+  is_greedy = params.temperature <= 0
+  tokens = jnp.where(is_greedy, greedy, sampled).astype(jnp.int32)
+  raw_lp = jnp.take_along_axis(jax.nn.log_softmax(logits32), tokens[:, None], -1)[:, 0]
+  proc_lp = jnp.take_along_axis(jax.nn.log_softmax(filtered), tokens[:, None], -1)[:, 0]
+  return tokens, raw_lp, jnp.where(is_greedy, 0.0, proc_lp)
