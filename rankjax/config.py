@@ -1,0 +1,393 @@
+"""Typed, frozen run configuration and `--config.a.b=value` overrides.
+
+A recipe is a Python file whose `get_config()` returns a `Config`. The
+command line overrides any leaf with `--config.section.field=value` (the
+ml_collections `config_flags` convention over dataclasses). The whole config
+is validated before anything compiles: an unknown key, a value of the wrong
+type or an impossible value gives one message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+
+class ConfigError(ValueError):
+  """A config problem; the message names the key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelCfg:
+  """The policy. `path` loads a Hugging Face directory; otherwise a model is
+  built from scratch with the fields below (the built-in tasks)."""
+  path: str = ""
+  family: Literal["llama", "qwen2", "qwen3"] = "llama"
+  hidden_size: int = 128
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 32
+  intermediate_size: int = 384
+  max_position_embeddings: int = 512
+  dtype: Literal["float32", "bfloat16"] = "float32"
+  param_dtype: Literal["float32", "bfloat16"] = "float32"
+  remat: bool = False
+  # LoRA on attention and MLP projections; 0 = full fine-tuning.
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerCfg:
+  """`path` = a directory with tokenizer.json; empty = the model path's, or
+  the built-in character tokenizer for from-scratch models."""
+  path: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataCfg:
+  """Where examples come from and how they become batches."""
+  source: Literal["arithmetic", "gsm8k", "jsonl", "parquet", "tfds"] = "arithmetic"
+  path: str = ""              # file path or glob (jsonl/parquet/gsm8k); TFDS data_dir
+  tfds_name: str = ""
+  eval_path: str = ""
+  # Built-in arithmetic task.
+  ops: tuple[str, ...] = ("add", "sub")
+  min_digits: int = 1
+  max_digits: int = 2
+  cot: bool = False
+  num_train: int = 20000
+  num_eval: int = 200
+  # Batching.
+  batch_size: int = 32
+  max_length: int = 64
+  max_prompt_length: int = 32
+  packing: bool = False
+  truncation: Literal["left", "right", "error"] = "error"
+  on_bad_row: Literal["error", "skip"] = "error"
+  shuffle: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimCfg:
+  learning_rate: float = 1e-3
+  schedule: Literal["cosine", "linear", "constant"] = "cosine"
+  warmup_steps: int = 10
+  weight_decay: float = 0.0
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  max_grad_norm: float = 1.0
+  grad_accum_steps: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTCfg:
+  steps: int = 300
+  loss_mask: Literal["completion", "assistant", "all"] = "completion"
+  unlikelihood_alpha: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RMCfg:
+  steps: int = 200
+  center_coef: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOCfg:
+  steps: int = 200
+  beta: float = 0.1
+  loss_type: tuple[str, ...] = ("sigmoid",)
+  loss_weights: tuple[float, ...] = ()
+  label_smoothing: float = 0.0
+  reference_free: bool = False
+  sft_weight: float = 0.0
+  precompute_ref: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class KTOCfg:
+  steps: int = 200
+  beta: float = 0.1
+  desirable_weight: float = 1.0
+  undesirable_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleCfg:
+  """Decoding for RL rollouts and evaluation."""
+  max_new_tokens: int = 16
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOCfg:
+  steps: int = 100
+  num_prompts: int = 16            # prompts per step (B)
+  group_size: int = 8              # completions per prompt (G)
+  num_iterations: int = 1          # μ policy updates per batch of samples
+  num_minibatches: int = 1
+  beta: float = 0.0                # KL to the reference (k3); 0 = no reference forward
+  eps_low: float = 0.2
+  eps_high: float = 0.2
+  advantage: Literal["grpo", "rloo", "reinforce_pp"] = "grpo"
+  scale_rewards: Literal["group", "batch", "none"] = "group"
+  std_eps: float = 1e-4
+  ratio_level: Literal["token", "sequence"] = "token"
+  aggregation: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "dapo"
+  mask_zero_std_groups: bool = False
+  mask_truncated: bool = False
+  rewards: tuple[str, ...] = ("correct",)
+  reward_weights: tuple[float, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOCfg:
+  steps: int = 100
+  num_prompts: int = 32
+  num_epochs: int = 2
+  num_minibatches: int = 2
+  gamma: float = 1.0
+  lam: float = 0.95
+  clip: float = 0.2
+  value_clip: float = 0.2
+  vf_coef: float = 0.5
+  kl_coef: float = 0.05
+  kl_estimator: Literal["k1", "k3"] = "k1"
+  adaptive_kl_target: float = 0.0   # 0 = fixed coefficient
+  adaptive_kl_horizon: int = 10000
+  whiten_rewards: bool = False
+  missing_eos_penalty: float = 0.0
+  shared_critic: bool = False
+  rewards: tuple[str, ...] = ("correct",)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalCfg:
+  num_problems: int = 200
+  num_samples: int = 8             # k for pass@k / maj@k / best-of-N
+  temperature: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshCfg:
+  """Mesh axis sizes; -1 fills the remaining devices."""
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointCfg:
+  every: int = 0                   # steps; 0 = only at the end of a stage
+  keep: int = 2
+  best_metric: str = ""
+  best_mode: Literal["min", "max"] = "min"
+  async_save: bool = True
+  export_hf: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """A run: a pipeline of stages over one model, data source and mesh."""
+  name: str = "demo"
+  seed: int = 0
+  pipeline: tuple[str, ...] = ("generate",)
+  prompt: str = "12+34="
+  log_every: int = 10
+  eval_every: int = 0
+  on_nonfinite: Literal["skip", "stop"] = "skip"
+  model: ModelCfg = ModelCfg()
+  tokenizer: TokenizerCfg = TokenizerCfg()
+  data: DataCfg = DataCfg()
+  optim: OptimCfg = OptimCfg()
+  sft: SFTCfg = SFTCfg()
+  rm: RMCfg = RMCfg()
+  dpo: DPOCfg = DPOCfg()
+  kto: KTOCfg = KTOCfg()
+  grpo: GRPOCfg = GRPOCfg()
+  ppo: PPOCfg = PPOCfg()
+  sample: SampleCfg = SampleCfg()
+  eval: EvalCfg = EvalCfg()
+  mesh: MeshCfg = MeshCfg()
+  checkpoint: CheckpointCfg = CheckpointCfg()
+
+
+STAGES = ("generate", "sft", "rm", "dpo", "kto", "grpo", "ppo", "eval", "rerank",
+          "star", "iterative_dpo")
+
+# -- validation ----------------------------------------------------------------
+
+_POSITIVE = {
+    "data.batch_size", "data.max_length", "data.max_prompt_length", "optim.grad_accum_steps",
+    "sample.max_new_tokens", "grpo.group_size", "grpo.num_prompts", "grpo.num_iterations",
+    "grpo.num_minibatches", "ppo.num_prompts", "ppo.num_epochs", "ppo.num_minibatches",
+    "eval.num_samples", "model.hidden_size", "model.num_layers", "model.num_heads",
+    "model.num_kv_heads", "model.head_dim", "model.intermediate_size", "checkpoint.keep",
+}
+_NON_NEGATIVE = {
+    "sft.steps", "rm.steps", "dpo.steps", "kto.steps", "grpo.steps", "ppo.steps",
+    "optim.warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "grpo.beta",
+    "sample.temperature", "sample.top_k", "model.lora_rank", "checkpoint.every",
+    "log_every", "eval_every", "data.num_train", "data.num_eval", "eval.temperature",
+}
+
+
+def _check(ok: bool, key: str, msg: str):
+  if not ok:
+    raise ConfigError(f"config key {key!r}: {msg}")
+
+
+def validate(cfg: Config) -> Config:
+  """Check every value; raises ConfigError naming the key. Returns cfg."""
+  for key, value in flatten(cfg).items():
+    hint = _leaf_types()[key]
+    _check(_matches(value, hint), key, f"expected {_type_name(hint)}, got {value!r}")
+    if key in _POSITIVE:
+      _check(value > 0, key, f"must be > 0, got {value}")
+    if key in _NON_NEGATIVE:
+      _check(value >= 0, key, f"must be >= 0, got {value}")
+  for stage in cfg.pipeline:
+    _check(stage in STAGES, "pipeline", f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+  _check(0 < cfg.sample.top_p <= 1, "sample.top_p", f"must be in (0, 1], got {cfg.sample.top_p}")
+  _check(0 <= cfg.optim.b1 < 1 and 0 <= cfg.optim.b2 < 1, "optim.b1/b2", "must be in [0, 1)")
+  _check(cfg.optim.learning_rate > 0, "optim.learning_rate", "must be > 0")
+  _check(cfg.model.num_heads % cfg.model.num_kv_heads == 0, "model.num_kv_heads",
+         f"must divide model.num_heads ({cfg.model.num_heads})")
+  _check(cfg.grpo.group_size >= 2 or "grpo" not in cfg.pipeline, "grpo.group_size",
+         "GRPO needs at least 2 completions per prompt")
+  _check(cfg.grpo.num_prompts * cfg.grpo.group_size % cfg.grpo.num_minibatches == 0,
+         "grpo.num_minibatches", "must divide num_prompts * group_size")
+  _check(not cfg.grpo.reward_weights or len(cfg.grpo.reward_weights) == len(cfg.grpo.rewards),
+         "grpo.reward_weights", "must have one weight per reward")
+  _check(not cfg.dpo.loss_weights or len(cfg.dpo.loss_weights) == len(cfg.dpo.loss_type),
+         "dpo.loss_weights", "must have one weight per loss type")
+  _check(cfg.data.max_prompt_length <= cfg.data.max_length, "data.max_prompt_length",
+         "must be <= data.max_length")
+  _check(cfg.data.source == "arithmetic" or cfg.data.path or cfg.data.tfds_name, "data.path",
+         f"data.source={cfg.data.source!r} needs a path")
+  _check(cfg.model.lora_rank == 0 or cfg.model.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+  return cfg
+
+
+# -- flattening and overrides --------------------------------------------------
+
+
+def flatten(obj, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for f in dataclasses.fields(obj):
+    value = getattr(obj, f.name)
+    key = prefix + f.name
+    if dataclasses.is_dataclass(value):
+      out.update(flatten(value, key + "."))
+    else:
+      out[key] = value
+  return out
+
+
+def _leaf_types(cls=Config, prefix: str = "") -> dict[str, Any]:
+  hints = typing.get_type_hints(cls)
+  out = {}
+  for f in dataclasses.fields(cls):
+    hint = hints[f.name]
+    if dataclasses.is_dataclass(hint):
+      out.update(_leaf_types(hint, prefix + f.name + "."))
+    else:
+      out[prefix + f.name] = hint
+  return out
+
+
+def _type_name(hint) -> str:
+  origin = typing.get_origin(hint)
+  if origin is Literal:
+    return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+  if origin is tuple:
+    return f"a tuple of {typing.get_args(hint)[0].__name__}"
+  return getattr(hint, "__name__", str(hint))
+
+
+def _matches(value, hint) -> bool:
+  origin = typing.get_origin(hint)
+  if origin is Literal:
+    return value in typing.get_args(hint)
+  if origin is tuple:
+    elem = typing.get_args(hint)[0]
+    return isinstance(value, tuple) and all(_matches(v, elem) for v in value)
+  if origin in (typing.Union, types.UnionType):
+    return any(_matches(value, h) for h in typing.get_args(hint))
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  return isinstance(value, hint)
+
+
+def _parse(key: str, text: str, hint):
+  origin = typing.get_origin(hint)
+  try:
+    if origin is tuple:
+      elem = typing.get_args(hint)[0]
+      items = [t.strip() for t in text.strip("()[]").split(",") if t.strip()]
+      return tuple(_parse(key, t, elem) for t in items)
+    if origin is Literal:
+      return text
+    if hint is bool:
+      if text.lower() in ("true", "1", "yes"):
+        return True
+      if text.lower() in ("false", "0", "no"):
+        return False
+      raise ValueError(text)
+    if hint is int:
+      return int(text)
+    if hint is float:
+      return float(text)
+    return text
+  except ValueError:
+    raise ConfigError(f"config key {key!r}: cannot parse {text!r} as {_type_name(hint)}") from None
+
+
+def override(cfg: Config, key: str, text: str) -> Config:
+  """cfg with the leaf `key` ("a.b.c") set from its command-line text."""
+  types_ = _leaf_types(type(cfg))
+  if key not in types_:
+    near = [k for k in types_ if k.split(".")[-1] == key.split(".")[-1]]
+    hint = f"; did you mean {', '.join(near)}?" if near else ""
+    raise ConfigError(f"unknown config key {key!r}{hint}")
+  value = _parse(key, text, types_[key])
+  return _replace_path(cfg, key.split("."), value)
+
+
+def _replace_path(obj, path: list[str], value):
+  if len(path) == 1:
+    return dataclasses.replace(obj, **{path[0]: value})
+  child = getattr(obj, path[0])
+  return dataclasses.replace(obj, **{path[0]: _replace_path(child, path[1:], value)})
+
+
+def load(path: str | None) -> Config:
+  """`get_config()` from a recipe file (the built-in demo when None)."""
+  if not path:
+    from rankjax import demo
+    return demo.get_config()
+  file = Path(path)
+  if not file.exists():
+    raise ConfigError(f"--config: no such file {path}")
+  spec = importlib.util.spec_from_file_location(f"rankjax_config_{file.stem}", file)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path}: defines no get_config()")
+  cfg = module.get_config()
+  if not isinstance(cfg, Config):
+    raise ConfigError(f"{path}: get_config() must return rankjax.config.Config, got {type(cfg).__name__}")
+  return cfg

@@ -1,0 +1,53 @@
+"""python -m rankjax.launch [--config configs/x.py] [--config.a.b=value ...]
+[--workdir DIR] [--coordinator HOST:PORT --num_processes N --process_id I]
+
+No arguments runs the built-in demo on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rankjax import config as config_lib
+
+
+def parse_args(argv: list[str]):
+  parser = argparse.ArgumentParser(prog="python -m rankjax.launch", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default=None, help="recipe file with get_config()")
+  parser.add_argument("--workdir", default="workdir/demo", help="output directory")
+  parser.add_argument("--coordinator", default=None, help="multi-host: coordinator HOST:PORT")
+  parser.add_argument("--num_processes", type=int, default=None)
+  parser.add_argument("--process_id", type=int, default=None)
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config.") or "=" not in item:
+      parser.error(f"unrecognised argument {item!r} (overrides look like --config.a.b=value)")
+    key, value = item[len("--config."):].split("=", 1)
+    overrides.append((key, value))
+  return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+  args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    cfg = config_lib.load(args.config)
+    for key, value in overrides:
+      cfg = config_lib.override(cfg, key, value)
+    config_lib.validate(cfg)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  if args.coordinator or args.num_processes:
+    import jax
+    jax.distributed.initialize(coordinator_address=args.coordinator,
+                               num_processes=args.num_processes, process_id=args.process_id)
+  from rankjax import run
+  run.execute(cfg, args.workdir)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

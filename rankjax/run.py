@@ -1,0 +1,113 @@
+"""A run: the objects every stage shares, and the stage registry.
+
+`execute(cfg, workdir)` builds the tokenizer, model and mesh once, then runs
+`cfg.pipeline` stage by stage; each stage is a function `(run) -> None` from
+an importable library that reads its own config section and may replace
+`run.model` (e.g. SFT hands its trained model to GRPO).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from rankjax import models
+from rankjax.config import Config
+from rankjax.tokenizer import CharTokenizer, load_tokenizer
+
+
+@dataclasses.dataclass
+class Run:
+  cfg: Config
+  workdir: Path
+  tokenizer: Any
+  model: models.Transformer
+  summary: dict = dataclasses.field(default_factory=dict)
+
+  def write_summary(self) -> None:
+    (self.workdir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
+
+
+def build_tokenizer(cfg: Config):
+  path = cfg.tokenizer.path or cfg.model.path
+  return load_tokenizer(path) if path else CharTokenizer()
+
+
+def model_config(cfg: Config, tokenizer) -> models.ModelConfig:
+  """The from-scratch ModelConfig for `cfg.model` (no HF path)."""
+  m = cfg.model
+  return models.ModelConfig(
+      vocab_size=tokenizer.vocab_size, hidden_size=m.hidden_size,
+      intermediate_size=m.intermediate_size, num_layers=m.num_layers,
+      num_heads=m.num_heads, num_kv_heads=m.num_kv_heads, head_dim=m.head_dim,
+      model_type=m.family, attention_bias=m.family == "qwen2", qk_norm=m.family == "qwen3",
+      tie_word_embeddings=False, max_position_embeddings=m.max_position_embeddings,
+      bos_token_id=tokenizer.bos_id, eos_token_ids=tuple(tokenizer.eos_ids),
+      pad_token_id=tokenizer.pad_id, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+
+
+def build_model(cfg: Config, tokenizer) -> models.Transformer:
+  if cfg.model.path:
+    return models.from_pretrained(cfg.model.path, dtype=jnp.dtype(cfg.model.dtype),
+                                  param_dtype=jnp.dtype(cfg.model.param_dtype),
+                                  remat=cfg.model.remat)
+  return models.create(model_config(cfg, tokenizer), seed=cfg.seed)
+
+
+def stage_generate(run: Run) -> None:
+  """Greedily continue `cfg.prompt` (the smallest end-to-end check)."""
+  from rankjax import sampling
+  tok = run.tokenizer
+  prompt = tok.encode(run.cfg.prompt)
+  scfg = sampling.SamplingConfig(max_new_tokens=run.cfg.sample.max_new_tokens, temperature=0.0,
+                                 eos_token_ids=tuple(tok.eos_ids), pad_token_id=tok.pad_id)
+  out = sampling.generate(run.model, [prompt], scfg)
+  text = tok.decode(list(out.tokens[0, : int(out.lengths[0])]))
+  print(f"prompt: {run.cfg.prompt!r}\ncompletion: {text!r}")
+  run.summary["generate"] = {"prompt": run.cfg.prompt, "completion": text}
+
+
+STAGES: dict[str, Callable[[Run], None]] = {"generate": stage_generate}
+
+
+def register(name: str, fn: Callable[[Run], None]) -> None:
+  STAGES[name] = fn
+
+
+def _load_stage_modules() -> None:
+  # Libraries register their stages on import; missing ones are reported by
+  # `execute` with the stage name.
+  import importlib
+  for mod in ("rankjax.train", "rankjax.inference"):
+    try:
+      importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+      if e.name != mod:
+        raise
+
+
+def execute(cfg: Config, workdir: str | Path) -> Run:
+  _load_stage_modules()
+  missing = [s for s in cfg.pipeline if s not in STAGES]
+  if missing:
+    raise ValueError(f"pipeline stage(s) {missing} are not available; "
+                     f"available: {', '.join(sorted(STAGES))}")
+  workdir = Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+  tokenizer = build_tokenizer(cfg)
+  run = Run(cfg=cfg, workdir=workdir, tokenizer=tokenizer, model=build_model(cfg, tokenizer))
+  print(f"rankjax: {cfg.name}: pipeline {' -> '.join(cfg.pipeline)} on "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s); workdir {workdir}")
+  for name in cfg.pipeline:
+    start = time.time()
+    STAGES[name](run)
+    run.summary.setdefault("wall_seconds", {})[name] = round(time.time() - start, 2)
+    run.write_summary()
+  return run
