@@ -139,7 +139,18 @@ class Manager:
     return state, _decode_data_state(out["data"])
 
   def best_step(self) -> int | None:
-    return self._mgr.best_step() if self.cfg.best_metric else None
+    """The kept step with the best `cfg.best_metric` (None without one)."""
+    if not self.cfg.best_metric:
+      return None
+    self.wait()
+    scored = []
+    for step in self.steps:
+      metrics = self._mgr.metrics(step) or {}
+      if self.cfg.best_metric in metrics:
+        scored.append((float(metrics[self.cfg.best_metric]), step))
+    if not scored:
+      return None
+    return (min if self.cfg.best_mode == "min" else max)(scored)[1]
 
   def wait(self) -> None:
     self._mgr.wait_until_finished()
