@@ -90,6 +90,9 @@ class Manager:
           keep_checkpoints_without_metrics=False))
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=cfg.async_save, create=True,
+        # best_fn makes orbax store each step's metrics (read by best_step).
+        best_fn=(lambda m: m[cfg.best_metric]) if cfg.best_metric else None,
+        best_mode=cfg.best_mode,
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies))
     self._mgr = ocp.CheckpointManager(self.directory, options=options)
     self.last_save_blocking_s = 0.0
