@@ -1,7 +1,10 @@
 """python -m rankjax.launch [--config configs/x.py] [--config.a.b=value ...]
-[--workdir DIR] [--coordinator HOST:PORT --num_processes N --process_id I]
+[--workdir DIR] [--multihost | --coordinator HOST:PORT --num_processes N --process_id I]
 
-No arguments runs the built-in demo on CPU.
+No arguments runs the built-in demo on CPU. `--multihost` calls
+`jax.distributed.initialize()` with no arguments (TPU pods find their
+coordinator themselves); the explicit flags are for GPU clusters and local
+multi-process runs (see launch/).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ def parse_args(argv: list[str]):
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default=None, help="recipe file with get_config()")
   parser.add_argument("--workdir", default="workdir/demo", help="output directory")
+  parser.add_argument("--multihost", action="store_true",
+                      help="jax.distributed.initialize() from the environment (TPU pods)")
   parser.add_argument("--coordinator", default=None, help="multi-host: coordinator HOST:PORT")
   parser.add_argument("--num_processes", type=int, default=None)
   parser.add_argument("--process_id", type=int, default=None)
@@ -40,10 +45,13 @@ def main(argv: list[str] | None = None) -> int:
   except config_lib.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  if args.coordinator or args.num_processes:
+  if args.multihost or args.coordinator or args.num_processes:
     import jax
-    jax.distributed.initialize(coordinator_address=args.coordinator,
-                               num_processes=args.num_processes, process_id=args.process_id)
+    if args.multihost:
+      jax.distributed.initialize()
+    else:
+      jax.distributed.initialize(coordinator_address=args.coordinator,
+                                 num_processes=args.num_processes, process_id=args.process_id)
   from rankjax import run
   run.execute(cfg, args.workdir)
   return 0
