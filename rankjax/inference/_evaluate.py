@@ -1,0 +1,219 @@
+"""Evaluation on verifiable problems: sample k per prompt, verify, summarise.
+
+    samples = collect(model, tok, problems, k=8, temperature=1.0, rng=key)
+    metrics = summarize(samples)          # pass@1, pass@8, maj@8, best_of_8, ...
+    curve = pass_at_k_curve(samples.correct)   # {1: ..., 8: ...} for plots
+
+`evaluate` is the two in one. Problems are records `{"prompt", "answer"}`
+(the built-in arithmetic task's `tasks.generate(task, "test", n)`, or GSM8K
+records with `verifier=tasks.verify_numeric`). Each prompt is prefilled once
+and its k samples decoded together (`sampling.generate(num_samples=k)`);
+correctness comes from the host Python verifier on decoded text, which
+agrees exactly with the in-graph verifier GRPO trains against.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from rankjax import sampling
+from rankjax.data import tasks
+from rankjax.inference import _metrics as M
+from rankjax.inference._prompts import encode_prompt
+from rankjax.inference._rerank import (decode_completions, group, group_list,
+                                       loglik_scores, reward_model_scores)
+
+
+@dataclasses.dataclass
+class EvalSamples:
+  """P problems × k samples, verified and scored.
+
+  texts / answers: [P][k] completion text and its extracted answer (None
+    when no answer could be read).
+  correct:  f64[P, k] verifier score (1.0 = correct).
+  loglik:   f64[P, k] length-normalised policy log-likelihood.
+  lengths:  i64[P, k] completion tokens (EOS included); finished: bool[P, k].
+  reward:   f64[P, k] reward-model scores, or None.
+  greedy_correct: f64[P] verifier score of the greedy completion, or None.
+  """
+  texts: list[list[str]]
+  answers: list[list[Any]]
+  correct: np.ndarray
+  loglik: np.ndarray
+  lengths: np.ndarray
+  finished: np.ndarray
+  reward: np.ndarray | None = None
+  greedy_correct: np.ndarray | None = None
+
+  @property
+  def k(self) -> int:
+    return self.correct.shape[1]
+
+
+def _sampling_config(tokenizer, *, k, temperature, max_new_tokens, top_k, top_p, min_p):
+  return sampling.SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_k=top_k, top_p=top_p, min_p=min_p, num_samples=k,
+                                 eos_token_ids=tuple(tokenizer.eos_ids),
+                                 pad_token_id=tokenizer.pad_id)
+
+
+def _sample(model, prompts, cfg, rng, batch_size):
+  """Generate in chunks of `batch_size` prompts: (outputs, chunk prompts)."""
+  outs = []
+  for c, start in enumerate(range(0, len(prompts), batch_size)):
+    chunk = prompts[start:start + batch_size]
+    outs.append((sampling.generate(model, chunk, cfg, rng=jax.random.fold_in(rng, c)), chunk))
+  return outs
+
+
+def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: float,
+            rng, cot: bool = False, reward_model=None, max_new_tokens: int = 16,
+            top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+            verifier: Callable[[str, Any], float] | None = None,
+            extract: Callable[[str], Any] | None = None,
+            prompt_fn: Callable[[str], str] | None = None, greedy: bool = True,
+            batch_size: int = 32) -> EvalSamples:
+  """Sample k completions per problem and verify / score them.
+
+  cot: the built-in task's format (the answer follows the last "answer:");
+    picks the default verifier `tasks.verify` and extractor
+    `tasks.extract_answer`. `verifier(text, answer) -> float` and
+    `extract(text) -> answer | None` override them (e.g. GSM8K:
+    `tasks.verify_numeric`, `tasks.extract_gsm8k_answer`).
+  prompt_fn: rewrites each prompt text first (e.g. `zero_shot_cot`).
+  reward_model: a scalar-head model; its scores fill `EvalSamples.reward`.
+  greedy: also decode one greedy completion per problem.
+  """
+  if not problems:
+    raise ValueError("no problems to evaluate")
+  verifier = verifier or functools.partial(tasks.verify, cot=cot)
+  extract = extract or functools.partial(tasks.extract_answer, cot=cot)
+  texts_in = [prompt_fn(p["prompt"]) if prompt_fn else p["prompt"] for p in problems]
+  prompts = [encode_prompt(tokenizer, t) for t in texts_in]
+  refs = [p["answer"] for p in problems]
+  kw = dict(temperature=temperature, max_new_tokens=max_new_tokens, top_k=top_k,
+            top_p=top_p, min_p=min_p)
+  sample_rng, greedy_rng = jax.random.split(rng)
+
+  texts, loglik, lengths, finished, reward = [], [], [], [], []
+  for out, chunk in _sample(model, prompts, _sampling_config(tokenizer, k=k, **kw),
+                            sample_rng, batch_size):
+    texts += decode_completions(out, tokenizer)
+    loglik.append(loglik_scores(out))
+    lengths.append(np.asarray(out.lengths))
+    finished.append(np.asarray(out.finished))
+    if reward_model is not None:
+      reward.append(reward_model_scores(reward_model, chunk, out, pad_id=tokenizer.pad_id))
+  correct = np.asarray([float(verifier(t, refs[r // k])) for r, t in enumerate(texts)])
+
+  greedy_correct = None
+  if greedy:
+    cfg = _sampling_config(tokenizer, k=1, **dict(kw, temperature=0.0))
+    greedy_texts = [t for out, _ in _sample(model, prompts, cfg, greedy_rng, batch_size)
+                    for t in decode_completions(out, tokenizer)]
+    greedy_correct = np.asarray([float(verifier(t, a)) for t, a in zip(greedy_texts, refs)])
+
+  return EvalSamples(
+      texts=group_list(texts, k), answers=group_list([extract(t) for t in texts], k),
+      correct=group(correct, k), loglik=group(np.concatenate(loglik), k),
+      lengths=group(np.concatenate(lengths), k), finished=group(np.concatenate(finished), k),
+      reward=group(np.concatenate(reward), k) if reward else None,
+      greedy_correct=greedy_correct)
+
+
+def vote_accuracy(answers: Sequence[Sequence[Any]], correct_pn,
+                  weights_pn=None) -> float:
+  """Accuracy of the (weighted) majority answer per problem, judged by the
+  verifier: the voted answer is correct when the first sample that gave it
+  was verified correct (so answers need no canonical form of their own).
+  None votes are wrong."""
+  correct_pn = np.asarray(correct_pn)
+  hits = []
+  for p, row in enumerate(answers):
+    w = None if weights_pn is None else list(map(float, weights_pn[p]))
+    voted = M.majority_answer(row, w)
+    hits.append(voted is not None and correct_pn[p, list(row).index(voted)] > 0)
+  return float(np.mean(hits)) if hits else float("nan")
+
+
+def summarize(samples: EvalSamples) -> dict[str, float]:
+  """The metrics of one evaluation (all in [0, 1] except Kendall τ ∈ [−1, 1];
+  NaN where undefined):
+
+  pass@1          mean correctness over all k samples (unbiased pass@1)
+  pass@k          unbiased pass@k with n = k (a problem counts if any sample is right)
+  maj@k           self-consistency majority vote over extracted answers
+  best_of_k       expected accuracy of the sample the policy ranks first by
+                  length-normalised log-likelihood (ties averaged)
+  best_of_k/reward, weighted_vote@k/reward   with a reward model: its
+                  top-scored sample; votes weighted by σ(reward)
+  greedy          greedy-decoding accuracy
+  kendall_tau, ndcg   likelihood ranking vs correctness, means over the
+                  problems with both right and wrong samples
+  rank_informative    the fraction of such problems
+  kendall_tau/reward  likelihood ranking vs reward ranking
+  finished, mean_length   share of samples that emitted EOS; mean tokens
+  """
+  k, c = samples.k, samples.correct
+  num_correct = (c > 0).sum(1)
+  out = {
+      "k": k, "num_problems": c.shape[0],
+      "pass@1": float((c > 0).mean()),
+      f"pass@{k}": float(M.pass_at_k_batch(np.full(c.shape[0], k), num_correct, k).mean()),
+      f"maj@{k}": vote_accuracy(samples.answers, c),
+      f"best_of_{k}": M.best_of_n_curve(samples.loglik, c > 0, [k])[k],
+  }
+  if samples.reward is not None:
+    out[f"best_of_{k}/reward"] = M.best_of_n_curve(samples.reward, c > 0, [k])[k]
+    sigma = 0.5 * (1.0 + np.tanh(0.5 * samples.reward))  # σ(r), no overflow
+    out[f"weighted_vote@{k}/reward"] = vote_accuracy(samples.answers, c, sigma)
+  if samples.greedy_correct is not None:
+    out["greedy"] = float((samples.greedy_correct > 0).mean())
+  out.update(M.ranking_diagnostics(samples.loglik, (c > 0).astype(float)))
+  if samples.reward is not None:
+    out["kendall_tau/reward"] = M.nanmean(
+        [M.kendall_tau(s, r) for s, r in zip(samples.loglik, samples.reward)])
+  out["finished"] = float(samples.finished.mean())
+  out["mean_length"] = float(samples.lengths.mean())
+  return out
+
+
+def evaluate(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: float,
+             rng, cot: bool = False, reward_model=None, **kwargs) -> dict[str, float]:
+  """`summarize(collect(...))`: pass@1, pass@k, maj@k, best_of_k (policy
+  log-likelihood; and /reward with a reward model), greedy accuracy and the
+  likelihood-vs-correctness ranking diagnostics. `kwargs` go to `collect`
+  (max_new_tokens, top_p, verifier, extract, prompt_fn, batch_size...)."""
+  return summarize(collect(model, tokenizer, problems, k=k, temperature=temperature,
+                           rng=rng, cot=cot, reward_model=reward_model, **kwargs))
+
+
+def pass_at_k_curve(correct_pn, ks: Sequence[int] | None = None) -> dict[int, float]:
+  """Mean unbiased pass@k for k = 1..N (or `ks`) from [P, N] correctness
+  (e.g. `EvalSamples.correct`), for `plot_pass_at_k`."""
+  return M.pass_at_k_curve(correct_pn, ks)
+
+
+def format_table(rows: dict[str, dict[str, Any]], columns: Sequence[str],
+                 headers: Sequence[str] | None = None) -> str:
+  """A plain-text table: one row per label, `columns` looked up in each
+  row's metrics ("-" when missing or None)."""
+  headers = list(headers or columns)
+  cells = [["stage", *headers]]
+  for label, metrics in rows.items():
+    row = [label]
+    for col in columns:
+      v = metrics.get(col) if isinstance(metrics, dict) else None
+      row.append("-" if v is None or (isinstance(v, float) and np.isnan(v))
+                 else f"{v:.3f}" if isinstance(v, float) else str(v))
+    cells.append(row)
+  widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+  lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                     for i, (c, w) in enumerate(zip(r, widths))) for r in cells]
+  lines.insert(1, "  ".join("-" * w for w in widths))
+  return "\n".join(lines)
