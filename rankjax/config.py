@@ -41,12 +41,16 @@ class ModelCfg:
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+  # Training stages that use LoRA when lora_rank > 0 (empty = all of them),
+  # e.g. ("dpo",) to fine-tune fully in SFT and with adapters in DPO.
+  lora_stages: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerCfg:
-  """`path` = a directory with tokenizer.json; empty = the model path's, or
-  the built-in character tokenizer for from-scratch models."""
+  """`path` = a directory with tokenizer.json, or "char" for the built-in
+  character tokenizer; empty = the model path's, or the character tokenizer
+  for from-scratch models."""
   path: str = ""
 
 
@@ -64,6 +68,10 @@ class DataCfg:
   cot: bool = False
   num_train: int = 20000
   num_eval: int = 200
+  # Fraction of SFT demonstrations whose final answer is replaced by a wrong
+  # one (seeded): imperfect demonstrations, the situation verifier-based RL
+  # and reranking correct.
+  sft_noise: float = 0.0
   # Batching.
   batch_size: int = 32
   max_length: int = 64
@@ -133,6 +141,7 @@ class SampleCfg:
 @dataclasses.dataclass(frozen=True)
 class GRPOCfg:
   steps: int = 100
+  learning_rate: float = 0.0       # 0 = optim.learning_rate
   num_prompts: int = 16            # prompts per step (B)
   group_size: int = 8              # completions per prompt (G)
   num_iterations: int = 1          # μ policy updates per batch of samples
@@ -154,6 +163,7 @@ class GRPOCfg:
 @dataclasses.dataclass(frozen=True)
 class PPOCfg:
   steps: int = 100
+  learning_rate: float = 0.0       # 0 = optim.learning_rate
   num_prompts: int = 32
   num_epochs: int = 2
   num_minibatches: int = 2
@@ -240,6 +250,7 @@ _NON_NEGATIVE = {
     "optim.warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "grpo.beta",
     "sample.temperature", "sample.top_k", "model.lora_rank", "checkpoint.every",
     "log_every", "eval_every", "data.num_train", "data.num_eval", "eval.temperature",
+    "grpo.learning_rate", "ppo.learning_rate",
 }
 
 
@@ -277,6 +288,7 @@ def validate(cfg: Config) -> Config:
   _check(cfg.data.source == "arithmetic" or cfg.data.path or cfg.data.tfds_name, "data.path",
          f"data.source={cfg.data.source!r} needs a path")
   _check(cfg.model.lora_rank == 0 or cfg.model.lora_alpha > 0, "model.lora_alpha", "must be > 0")
+  _check(0.0 <= cfg.data.sft_noise < 1.0, "data.sft_noise", "must be in [0, 1)")
   return cfg
 
 

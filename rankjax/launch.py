@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   if args.multihost or args.coordinator or args.num_processes:
     import jax
+    # CPU processes need a collectives backend to form one global mesh.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.multihost:
       jax.distributed.initialize()
     else:

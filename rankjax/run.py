@@ -36,7 +36,7 @@ class Run:
 
 def build_tokenizer(cfg: Config):
   path = cfg.tokenizer.path or cfg.model.path
-  return load_tokenizer(path) if path else CharTokenizer()
+  return load_tokenizer(path) if path and path != "char" else CharTokenizer()
 
 
 def model_config(cfg: Config, tokenizer) -> models.ModelConfig:

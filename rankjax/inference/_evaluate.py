@@ -77,7 +77,7 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
             verifier: Callable[[str, Any], float] | None = None,
             extract: Callable[[str], Any] | None = None,
             prompt_fn: Callable[[str], str] | None = None, greedy: bool = True,
-            batch_size: int = 32) -> EvalSamples:
+            batch_size: int = 32, chat: bool = False) -> EvalSamples:
   """Sample k completions per problem and verify / score them.
 
   cot: the built-in task's format (the answer follows the last "answer:");
@@ -86,6 +86,7 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
     `extract(text) -> answer | None` override them (e.g. GSM8K:
     `tasks.verify_numeric`, `tasks.extract_gsm8k_answer`).
   prompt_fn: rewrites each prompt text first (e.g. `zero_shot_cot`).
+  chat: render each prompt as a user turn with the tokenizer's chat template.
   reward_model: a scalar-head model; its scores fill `EvalSamples.reward`.
   greedy: also decode one greedy completion per problem.
   """
@@ -94,7 +95,7 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
   verifier = verifier or functools.partial(tasks.verify, cot=cot)
   extract = extract or functools.partial(tasks.extract_answer, cot=cot)
   texts_in = [prompt_fn(p["prompt"]) if prompt_fn else p["prompt"] for p in problems]
-  prompts = [encode_prompt(tokenizer, t) for t in texts_in]
+  prompts = [encode_prompt(tokenizer, t, chat=chat) for t in texts_in]
   refs = [p["answer"] for p in problems]
   kw = dict(temperature=temperature, max_new_tokens=max_new_tokens, top_k=top_k,
             top_p=top_p, min_p=min_p)

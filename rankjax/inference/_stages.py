@@ -50,6 +50,12 @@ def eval_label(pipeline, evals_done: int, stage: str = "eval") -> str:
   return "base"
 
 
+def uses_chat(cfg) -> bool:
+  """GSM8K prompts go through the chat template of a checkpoint's tokenizer
+  (instruct models); the built-in task's never do."""
+  return cfg.data.source == "gsm8k" and bool(cfg.model.path or cfg.tokenizer.path)
+
+
 def eval_problems(cfg) -> tuple[list[dict], dict[str, Any]]:
   """Held-out problems for `cfg.data.source` and the `collect` kwargs that
   verify them: the arithmetic test split, or GSM8K records from
@@ -61,7 +67,8 @@ def eval_problems(cfg) -> tuple[list[dict], dict[str, Any]]:
     return tasks.generate(task, "test", cfg.eval.num_problems), {"cot": d.cot}
   if d.source == "gsm8k":
     records = tasks.read_gsm8k(d.eval_path or d.path)[:cfg.eval.num_problems]
-    return records, {"verifier": tasks.verify_numeric, "extract": tasks.extract_gsm8k_answer}
+    return records, {"verifier": tasks.verify_numeric, "extract": tasks.extract_gsm8k_answer,
+                     "chat": uses_chat(cfg)}
   raise ValueError(f"eval/rerank need a verifiable task (data.source 'arithmetic' or "
                    f"'gsm8k'), got {d.source!r}")
 

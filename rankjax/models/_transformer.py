@@ -118,17 +118,58 @@ def attention(q_btnh, k_bskh, v_bskh, mask_bts):
   return out.reshape(b, t, n, h)
 
 
+# Query block of the causal full forward (see `causal_attention`).
+_QUERY_BLOCK = 128
+
+
+def causal_attention(q_btnh, k_bskh, v_bskh, mask_bts, block: int = _QUERY_BLOCK):
+  """`attention` under a causal mask, by query blocks: block [i, i + C)
+  attends to keys [0, i + C) only, skipping the upper triangle that the mask
+  hides anyway (~40% less attention work and memory at T = 512 on CPU).
+
+  Exact for every query with a visible key (masked scores weigh exactly 0).
+  A query that sees no key at all (padding) averages its block's values
+  instead of all values: padding outputs are garbage either way.
+  """
+  t = q_btnh.shape[1]
+  if t <= block:
+    return attention(q_btnh, k_bskh, v_bskh, mask_bts)
+  return jnp.concatenate(
+      [attention(q_btnh[:, i:i + block], k_bskh[:, :i + block], v_bskh[:, :i + block],
+                 mask_bts[:, i:i + block, :i + block]) for i in range(0, t, block)], axis=1)
+
+
+def _proj(spec, x, w, name):
+  """`einsum(spec, x, w[name])`, plus the LoRA term (x·A)·B when `w` holds
+  `<name>_lora_a/_lora_b` (see models/_lora.py; B comes pre-scaled).
+
+  The low-rank path costs 2·r·(in + out) extra FLOPs per token and keeps
+  the frozen W out of the gradient; merging W + A·B per forward would be
+  exact too but needs a full-size transient weight and weight gradient.
+  """
+  y = jnp.einsum(spec, x, w[name])
+  if name + "_lora_a" not in w:
+    return y
+  x_axes, w_axes = spec.split("->")[0].split(",")
+  w_in = "".join(c for c in w_axes if c in x_axes)     # contracted axes
+  w_out = "".join(c for c in w_axes if c not in x_axes)
+  low = "".join(c for c in x_axes if c not in w_in) + "R"  # R: LoRA rank
+  xa = jnp.einsum(f"{x_axes},{w_in}R->{low}", x, w[name + "_lora_a"])
+  return y + jnp.einsum(f"{low},R{w_out}->{spec.split('->')[1]}", xa,
+                        w[name + "_lora_b"])
+
+
 def _mlp(h, w):
-  gate = jnp.einsum("BTD,DF->BTF", h, w["gate"])
-  up = jnp.einsum("BTD,DF->BTF", h, w["up"])
-  return jnp.einsum("BTF,FD->BTD", jax.nn.silu(gate) * up, w["down"])
+  gate = _proj("BTD,DF->BTF", h, w, "gate")
+  up = _proj("BTD,DF->BTF", h, w, "up")
+  return _proj("BTF,FD->BTD", jax.nn.silu(gate) * up, w, "down")
 
 
 def _qkv(x, w, cfg: ModelConfig, sin, cos):
   h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-  q = jnp.einsum("BTD,DNH->BTNH", h, w["q"])
-  k = jnp.einsum("BTD,DKH->BTKH", h, w["k"])
-  v = jnp.einsum("BTD,DKH->BTKH", h, w["v"])
+  q = _proj("BTD,DNH->BTNH", h, w, "q")
+  k = _proj("BTD,DKH->BTKH", h, w, "k")
+  v = _proj("BTD,DKH->BTKH", h, w, "v")
   if cfg.attention_bias:
     q, k, v = q + w["q_bias"], k + w["k_bias"], v + w["v_bias"]
   if cfg.qk_norm:
@@ -138,14 +179,14 @@ def _qkv(x, w, cfg: ModelConfig, sin, cos):
 
 
 def _finish_block(x, attn_btnh, w, cfg: ModelConfig):
-  x = x + jnp.einsum("BTNH,NHD->BTD", attn_btnh, w["o"])
+  x = x + _proj("BTNH,NHD->BTD", attn_btnh, w, "o")
   return x + _mlp(rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps), w)
 
 
 def block(x_btd, w, *, cfg: ModelConfig, sin, cos, mask_bts):
-  """One layer over the tokens in hand (no cache)."""
+  """One layer over the tokens in hand (no cache; the mask is causal)."""
   q, k, v = _qkv(x_btd, w, cfg, sin, cos)
-  return _finish_block(x_btd, attention(q, k, v, mask_bts), w, cfg)
+  return _finish_block(x_btd, causal_attention(q, k, v, mask_bts), w, cfg)
 
 
 def cached_block(x_btd, w, cache_k, cache_v, layer, *, cfg: ModelConfig, sin,
@@ -220,11 +261,16 @@ class Layers(nnx.Module):
     self.gate = p((L, D, F), ("layers", "embed", "mlp"))
     self.up = p((L, D, F), ("layers", "embed", "mlp"))
     self.down = p((L, F, D), ("layers", "mlp", "embed"))
+    # alpha / rank once models/_lora.py adds adapters (nnx.LoRAParam).
+    self.lora_scale = 0.0
 
   def weights(self, dtype) -> dict[str, jax.Array]:
-    """The stacked weights as plain arrays in the compute dtype."""
-    return {name: v[...].astype(dtype) for name, v in vars(self).items()
-            if isinstance(v, nnx.Param)}
+    """The stacked weights as plain arrays in the compute dtype (LoRA
+    adapters included, B scaled by alpha / rank for `_proj`)."""
+    w = {name: v[...].astype(dtype) for name, v in vars(self).items()
+         if isinstance(v, nnx.Param)}
+    return {name: x * self.lora_scale if name.endswith("_lora_b") else x
+            for name, x in w.items()}
 
 
 class Transformer(nnx.Module):

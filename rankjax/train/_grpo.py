@@ -1,0 +1,190 @@
+"""GRPO (and RLOO / REINFORCE++) as ONE jitted step: sample, score, update.
+
+    state, metrics = grpo_step(state, batch, reward_states, settings=..., rewards=...)
+
+Inside one compiled program:
+  1. sample G completions per prompt (`sampling.sample_loop`: each prompt is
+     prefilled once and its KV cache broadcast to its G samples);
+  2. score them with the rewards (traceable verifiers and reward models run
+     in-graph; host rewards go through `jax.pure_callback`);
+  3. group advantages (`scale_rewards` group | batch | none), RLOO or
+     REINFORCE++; groups with zero reward variance are counted and optionally
+     masked out (DAPO's dynamic sampling without changing shapes);
+  4. μ = `num_iterations` passes of `num_minibatches` clipped-surrogate
+     updates under `lax.scan`, with the sampling-time log-probs as π_old and,
+     when β > 0, a k3 KL to the reference (β = 0: no reference forward).
+
+The sampler's π_old is the raw model's log-softmax (temperature 1), and so
+is π here: sample at temperature 1 (the default) for an on-policy ratio.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from rankjax import losses, rewards as rewards_lib, sampling
+from rankjax.models import default_positions
+from rankjax.train._state import TrainState
+from rankjax.train._steps import apply_grads
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+  """Static settings of the step (hashable: bound before jit)."""
+  group_size: int = 8
+  max_new_tokens: int = 16
+  eos_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+  num_iterations: int = 1
+  num_minibatches: int = 1
+  beta: float = 0.0
+  eps_low: float = 0.2
+  eps_high: float = 0.2
+  advantage: str = "grpo"          # grpo | rloo | reinforce_pp
+  scale_rewards: str = "group"     # group | batch | none
+  std_eps: float = 1e-4
+  ratio_level: str = "token"
+  aggregation: str = "dapo"
+  mask_zero_std_groups: bool = False
+  mask_truncated: bool = False
+  reward_weights: tuple[float, ...] = ()
+
+  def row_params(self, rows: int) -> sampling.RowParams:
+    return sampling.SamplingConfig(
+        max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+        top_p=self.top_p, min_p=self.min_p).row_params(rows)
+
+
+def check_settings(s: GRPOSettings, batch_size: int) -> None:
+  """Raises ValueError before anything compiles."""
+  if s.group_size < 2:
+    raise ValueError(f"GRPO needs group_size >= 2 (a group baseline), got {s.group_size}")
+  rows = batch_size * s.group_size
+  if rows % s.num_minibatches:
+    raise ValueError(f"num_minibatches={s.num_minibatches} must divide B*G = {rows}")
+  if s.advantage not in ("grpo", "rloo", "reinforce_pp"):
+    raise ValueError(f"advantage {s.advantage!r}: one of grpo, rloo, reinforce_pp")
+
+
+def advantages(rewards_r, valid_r, s: GRPOSettings):
+  """Advantages f32[R] and the zero-variance-group mask bool[R]."""
+  g = s.group_size
+  r = jnp.where(valid_r, rewards_r, 0.0)
+  grouped = r.reshape(-1, g)
+  zero_std = jnp.repeat(jnp.all(grouped == grouped[:, :1], axis=1), g)
+  if s.advantage == "rloo":
+    adv = losses.rloo_advantages(r, g)
+  elif s.advantage == "reinforce_pp":
+    adv = losses.reinforce_pp_advantages(r, g)
+  else:
+    adv = losses.group_advantages(r, g, scale=s.scale_rewards, eps=s.std_eps)
+  return adv, zero_std
+
+
+def completion_logps(model, tokens_rs, attn_rs, prompt_len: int):
+  """log π of each completion token: [R, N] (float32)."""
+  positions = default_positions(attn_rs)
+  hidden = model.hidden_states(tokens_rs, positions=positions, attention_mask=attn_rs)
+  # Only the positions that predict completion tokens reach the LM head.
+  logits = model.logits(hidden[:, prompt_len - 1: -1])
+  return losses.token_logprobs(logits, tokens_rs[:, prompt_len:])
+
+
+def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: Sequence,
+              *, settings: GRPOSettings, rewards: Sequence[rewards_lib.Reward]):
+  """One GRPO iteration. batch: `prompt_tokens` / `prompt_mask` [B, P]
+  (left-padded) plus per-prompt extras [B, ...] handed to the rewards."""
+  s = settings
+  prompt, pmask = batch["prompt_tokens"], batch["prompt_mask"].astype(bool)
+  b, p = prompt.shape
+  check_settings(s, b)
+  g, rows = s.group_size, b * s.group_size
+  rng_sample, rng_perm = jax.random.split(jax.random.wrap_key_data(state.rng))
+
+  # 1. Sample (no gradient flows through sampling).
+  out = sampling.sample_loop(state.model(), prompt, pmask, s.row_params(rows), rng_sample,
+                             num_samples=g, max_new_tokens=s.max_new_tokens,
+                             eos_ids=s.eos_ids, pad_id=s.pad_id)
+  out = jax.lax.stop_gradient(out)
+  comp_mask = out.mask
+
+  # 2. Score in-graph.
+  extras = {k: jnp.repeat(v, g, axis=0) for k, v in batch.items()
+            if k not in ("prompt_tokens", "prompt_mask")}
+  prompt_r, pmask_r = jnp.repeat(prompt, g, axis=0), jnp.repeat(pmask, g, axis=0)
+  inputs = rewards_lib.RewardInputs(prompt_tokens=prompt_r, prompt_mask=pmask_r,
+                                    completion_tokens=out.tokens, completion_mask=comp_mask,
+                                    finished=out.finished, extras=extras)
+  per_reward = rewards_lib.score(rewards, inputs, reward_states)
+  weights = s.reward_weights or tuple(r.weight for r in rewards)
+  total, valid = rewards_lib.combine(per_reward, weights)
+  if s.mask_truncated:
+    valid = valid & out.finished
+
+  # 3. Advantages.
+  adv, zero_std = advantages(total, valid, s)
+  if s.mask_zero_std_groups:
+    valid = valid & ~zero_std
+  loss_mask = comp_mask & valid[:, None]
+  tokens = jnp.concatenate([prompt_r, out.tokens], axis=1)
+  attn = jnp.concatenate([pmask_r, comp_mask], axis=1)
+  ref_logp = None
+  if s.beta:
+    ref_logp = jax.lax.stop_gradient(completion_logps(state.ref_model(), tokens, attn, p))
+
+  # 4. μ passes of minibatch updates, on device.
+  m = s.num_minibatches
+  data = dict(tokens=tokens, attn=attn, mask=loss_mask, old=out.logprobs, adv=adv)
+  if ref_logp is not None:
+    data["ref"] = ref_logp
+  perms = jnp.stack([jax.random.permutation(k, rows) for k in
+                     jax.random.split(rng_perm, s.num_iterations)])
+  order = perms.reshape(s.num_iterations * m, rows // m)
+  # DAPO normalises by the active tokens of the whole batch; each of the m
+  # minibatches carries 1/m of it.
+  active = jnp.maximum(jnp.sum(loss_mask), 1) / m
+
+  def loss_fn(params, mb):
+    logp = completion_logps(state.model(params), mb["tokens"], mb["attn"], p)
+    return losses.policy_gradient_loss(
+        logp, mb["old"], mb["adv"], mb["mask"], eps_low=s.eps_low, eps_high=s.eps_high,
+        ratio_level=s.ratio_level, aggregation=s.aggregation,
+        max_completion_length=s.max_new_tokens, num_active_tokens_global=active,
+        ref_logp_bt=mb.get("ref"), beta=s.beta)
+
+  any_valid = jnp.any(valid)
+
+  def update(st, idx):
+    mb = jax.tree.map(lambda x: x[idx], data)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params, mb)
+    # No sample any reward applies to: skip the update (the guard in
+    # apply_grads leaves params and optimizer state untouched).
+    loss = jnp.where(any_valid, loss, jnp.nan)
+    return apply_grads(st, loss, metrics, grads)
+
+  new_state, update_metrics = jax.lax.scan(update, state, order)
+  lengths = out.lengths.astype(jnp.float32)
+  metrics = {k: jnp.mean(v) for k, v in update_metrics.items()}
+  metrics.update({
+      "nonfinite": jnp.max(update_metrics["nonfinite"]),
+      "reward": jnp.sum(jnp.where(valid, total, 0.0)) / jnp.maximum(jnp.sum(valid), 1),
+      "reward_applicable": jnp.mean(valid.astype(jnp.float32)),
+      "zero_std_group_fraction": jnp.mean(zero_std.astype(jnp.float32)),
+      "completion_length": jnp.mean(lengths),
+      "truncated_fraction": 1.0 - jnp.mean(out.finished.astype(jnp.float32)),
+      "advantage_abs_mean": jnp.mean(jnp.abs(adv)),
+      "skipped_no_reward": 1.0 - any_valid.astype(jnp.float32),
+  })
+  for i, r in enumerate(rewards):
+    col = per_reward[:, i]
+    ok = ~jnp.isnan(col)
+    metrics[f"rewards/{r.name}"] = jnp.sum(jnp.where(ok, col, 0.0)) / jnp.maximum(jnp.sum(ok), 1)
+  return new_state, metrics

@@ -1,0 +1,184 @@
+"""Pipeline stages "sft", "rm", "dpo", "kto" (registered with `rankjax.run`).
+
+Each reads its config section and `cfg.data`, builds batches through
+`rankjax.data` (see `_data` for the built-in tasks' preference pairs),
+trains with its step from `_steps`, and leaves:
+
+  <workdir>/metrics.jsonl, <workdir>/tensorboard/<stage>/   (the host loop)
+  <workdir>/checkpoints/<stage>/                            (rankjax.checkpoint; resumes)
+  <workdir>/export/          the trained policy (sft, dpo, kto), LoRA merged
+  <workdir>/export/reward_model/   the trained reward model (rm)
+  run.summary[stage]         final train and eval metrics
+
+sft, dpo and kto replace `run.model` with the trained policy (LoRA merged
+into a plain Transformer). rm leaves the policy alone and sets
+`run.reward_model` (a scalar-head Transformer) for the stages that score
+with it (eval/rerank, PPO).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+from flax import nnx
+
+from rankjax import checkpoint, models, parallel
+from rankjax import run as run_lib
+from rankjax.train import _data, _reference, _steps
+from rankjax.train._loop import (LoopConfig, MetricsWriter, evaluate_batches, jit_eval,
+                                 jit_step, train_loop)
+from rankjax.train._optim import make_optimizer, make_schedule
+from rankjax.train._state import create_train_state, batch_sharding
+
+log = logging.getLogger("rankjax.train")
+
+
+def stage_hparams(cfg, stage: str) -> dict:
+  """The step's keyword hyper-parameters from the stage's config section."""
+  if stage == "sft":
+    return {"unlikelihood_alpha": cfg.sft.unlikelihood_alpha}
+  if stage == "rm":
+    return {"center_coef": cfg.rm.center_coef}
+  if stage == "dpo":
+    d = cfg.dpo
+    return {"beta": d.beta, "loss_type": d.loss_type, "loss_weights": d.loss_weights,
+            "label_smoothing": d.label_smoothing, "reference_free": d.reference_free,
+            "sft_weight": d.sft_weight}
+  k = cfg.kto
+  return {"beta": k.beta, "desirable_weight": k.desirable_weight,
+          "undesirable_weight": k.undesirable_weight}
+
+
+def with_lora(model: models.Transformer, cfg, stage: str) -> models.Transformer:
+  """A LoRA view of `model` when `cfg.model.lora_rank` > 0 and `stage` is
+  one of `lora_stages` (empty: all): new module objects over the same
+  arrays, so the caller's model is left untouched."""
+  m = cfg.model
+  if not m.lora_rank or (m.lora_stages and stage not in m.lora_stages):
+    return model
+  view = nnx.merge(*nnx.split(model))
+  return models.apply_lora(view, m.lora_rank, m.lora_alpha, m.lora_targets,
+                           rngs=nnx.Rngs(params=cfg.seed + 1))
+
+
+def reward_model_from(policy: models.Transformer, seed: int) -> models.Transformer:
+  """A scalar-head model (no LM head) on the policy's backbone, with a fresh
+  head: it exports as *ForSequenceClassification."""
+  if policy.config.num_labels == 1 and not policy.config.lm_head:
+    return policy
+  rm = models.create(policy.config.replace(lm_head=False, num_labels=1), seed=seed)
+  state = nnx.state(rm, nnx.Param)
+  pure, backbone = nnx.to_pure_dict(state), nnx.to_pure_dict(nnx.state(policy, nnx.Param))
+  pure.update({k: backbone[k] for k in ("embed", "layers", "final_norm")})
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(rm, state)
+  return rm
+
+
+def _with_cached_reference(run, model, batch_sh, train_batches, eval_pipe):
+  """`dpo.precompute_ref`: score every train/eval pair with the reference
+  once, then serve the log-probs from the batches (see `_reference`)."""
+  if jax.process_count() > 1:
+    raise NotImplementedError("dpo.precompute_ref is single-process for now")
+  cfg, tok = run.cfg, run.tokenizer
+  score = _reference.reference_scorer(model, batch_sh)
+  one_pass = _data.build_pipeline(cfg, "dpo", tok, "train", one_pass=True)
+  table = _reference.precompute(iter(one_pass), score, cfg.data.batch_size)
+  if eval_pipe is not None:
+    table.update(_reference.precompute(iter(eval_pipe), score, cfg.data.batch_size))
+  log.info("dpo: precomputed reference log-probs of %d pairs", len(table))
+  eval_batches = (lambda: _reference.WithReference(iter(eval_pipe), table)) if eval_pipe else None
+  return _reference.WithReference(train_batches, table), eval_batches
+
+
+def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int):
+  """Trains `model` for `steps` with the stage's step; returns (trained
+  model with LoRA merged, summary)."""
+  cfg = run.cfg
+  mesh = parallel.make_mesh(cfg.mesh)
+  _data.check_divisible(cfg, mesh)
+  hp = stage_hparams(cfg, stage)
+  batch_sh = batch_sharding(mesh)
+  batches = iter(_data.build_pipeline(cfg, stage, run.tokenizer, "train"))
+  eval_pipe = _data.build_pipeline(cfg, stage, run.tokenizer, "eval")
+  eval_batches = (lambda: iter(eval_pipe)) if eval_pipe is not None else None
+  reference = stage == "kto" or (stage == "dpo" and not cfg.dpo.reference_free)
+  if reference and stage == "dpo" and cfg.dpo.precompute_ref:
+    batches, eval_batches = _with_cached_reference(run, model, batch_sh, batches, eval_pipe)
+    reference = False
+
+  model = with_lora(model, cfg, stage)
+  tx = make_optimizer(cfg.optim, steps)
+  state, state_sh = create_train_state(model, tx, mesh, seed=cfg.seed,
+                                       with_reference=reference)
+  step = jit_step(_steps.STEPS[stage], state_sh, batch_sh,
+                  accum_steps=cfg.optim.grad_accum_steps, **hp)
+  eval_fn = None
+  if eval_batches is not None:
+    eval_step = jit_eval(_steps.eval_step, state_sh, batch_sh,
+                         objective=_steps.OBJECTIVES[stage], **hp)
+    eval_fn = lambda s: evaluate_batches(eval_step, s, eval_batches(), batch_sh)
+
+  ckpt = checkpoint.Manager(run.workdir / "checkpoints" / stage, cfg.checkpoint)
+  state, data_state, start = ckpt.restore_or(state, batches.get_state())
+  if start:
+    batches.set_state(data_state)
+    log.info("%s: resumed from step %d", stage, start)
+  writer = MetricsWriter(run.workdir, stage)
+  loop_cfg = LoopConfig(name=stage, steps=steps, log_every=cfg.log_every,
+                        eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint.every,
+                        on_nonfinite=cfg.on_nonfinite)
+  try:
+    state, summary = train_loop(state, step, batches, loop_cfg, batch_shardings=batch_sh,
+                                writer=writer, eval_fn=eval_fn, checkpoints=ckpt,
+                                schedule=make_schedule(cfg.optim, steps), start_step=start)
+    ckpt.wait()
+  finally:
+    writer.close()
+  summary.update(data=batches.stats.as_dict(), lora_rank=int(state.lora) * cfg.model.lora_rank,
+                 trainable_params=sum(x.size for x in jax.tree.leaves(state.params)))
+  return models.merge_lora(state.model()), summary
+
+
+def _export(run: run_lib.Run, model: models.Transformer, path: Path, summary: dict) -> None:
+  if run.cfg.checkpoint.export_hf and jax.process_index() == 0:
+    models.save_pretrained(model, path)
+    summary["export"] = str(path)
+
+
+def _train_policy(run: run_lib.Run, stage: str, steps: int) -> None:
+  model, summary = fit(run, stage, run.model, steps)
+  _export(run, model, run.workdir / "export", summary)
+  run.model = model
+  run.summary[stage] = summary
+
+
+def stage_sft(run: run_lib.Run) -> None:
+  """Supervised fine-tuning on prompt/completion (or lm) data."""
+  _train_policy(run, "sft", run.cfg.sft.steps)
+
+
+def stage_dpo(run: run_lib.Run) -> None:
+  """DPO (and variants, `dpo.loss_type`) on preference pairs."""
+  _train_policy(run, "dpo", run.cfg.dpo.steps)
+
+
+def stage_kto(run: run_lib.Run) -> None:
+  """KTO on unpaired (or unpaired preference) data."""
+  _train_policy(run, "kto", run.cfg.kto.steps)
+
+
+def stage_rm(run: run_lib.Run) -> None:
+  """Train a Bradley-Terry reward model initialised from the policy."""
+  rm = reward_model_from(run.model, seed=run.cfg.seed + 2)
+  model, summary = fit(run, "rm", rm, run.cfg.rm.steps)
+  _export(run, model, run.workdir / "export" / "reward_model", summary)
+  run.reward_model = model
+  run.summary["rm"] = summary
+
+
+for _name, _fn in (("sft", stage_sft), ("rm", stage_rm), ("dpo", stage_dpo),
+                   ("kto", stage_kto)):
+  run_lib.register(_name, _fn)
