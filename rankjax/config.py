@@ -183,6 +183,16 @@ class PPOCfg:
 
 
 @dataclasses.dataclass(frozen=True)
+class SelfImproveCfg:
+  """STaR / ReST-EM and iterative DPO: sample, verify, train, repeat."""
+  iterations: int = 2
+  num_prompts: int = 256           # training prompts sampled per iteration
+  num_samples: int = 8             # K samples per prompt
+  train_steps: int = 100           # SFT (star) or DPO (iterative_dpo) steps per iteration
+  restart_from_base: bool = True   # ReST-EM/STaR: fine-tune the base model each iteration
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalCfg:
   num_problems: int = 200
   num_samples: int = 8             # k for pass@k / maj@k / best-of-N
@@ -229,6 +239,7 @@ class Config:
   ppo: PPOCfg = PPOCfg()
   sample: SampleCfg = SampleCfg()
   eval: EvalCfg = EvalCfg()
+  self_improve: SelfImproveCfg = SelfImproveCfg()
   mesh: MeshCfg = MeshCfg()
   checkpoint: CheckpointCfg = CheckpointCfg()
 
@@ -242,7 +253,8 @@ _POSITIVE = {
     "data.batch_size", "data.max_length", "data.max_prompt_length", "optim.grad_accum_steps",
     "sample.max_new_tokens", "grpo.group_size", "grpo.num_prompts", "grpo.num_iterations",
     "grpo.num_minibatches", "ppo.num_prompts", "ppo.num_epochs", "ppo.num_minibatches",
-    "eval.num_samples", "model.hidden_size", "model.num_layers", "model.num_heads",
+    "eval.num_samples", "self_improve.num_prompts", "self_improve.num_samples",
+    "self_improve.train_steps", "model.hidden_size", "model.num_layers", "model.num_heads",
     "model.num_kv_heads", "model.head_dim", "model.intermediate_size", "checkpoint.keep",
 }
 _NON_NEGATIVE = {
@@ -250,7 +262,7 @@ _NON_NEGATIVE = {
     "optim.warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "grpo.beta",
     "sample.temperature", "sample.top_k", "model.lora_rank", "checkpoint.every",
     "log_every", "eval_every", "data.num_train", "data.num_eval", "eval.temperature",
-    "grpo.learning_rate", "ppo.learning_rate",
+    "grpo.learning_rate", "ppo.learning_rate", "self_improve.iterations",
 }
 
 

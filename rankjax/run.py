@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from rankjax import models
+from rankjax import checkpoint, models
 from rankjax.config import Config
 from rankjax.tokenizer import CharTokenizer, load_tokenizer
 
@@ -29,6 +29,12 @@ class Run:
   tokenizer: Any
   model: models.Transformer
   summary: dict = dataclasses.field(default_factory=dict)
+  # SIGTERM (preemption) turns this on; training loops poll it, checkpoint
+  # and return, and the pipeline stops after the current stage.
+  preemption: Any = None
+
+  def stop_requested(self) -> bool:
+    return bool(self.preemption is not None and self.preemption.requested)
 
   def write_summary(self) -> None:
     (self.workdir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
@@ -105,9 +111,15 @@ def execute(cfg: Config, workdir: str | Path) -> Run:
   run = Run(cfg=cfg, workdir=workdir, tokenizer=tokenizer, model=build_model(cfg, tokenizer))
   print(f"rankjax: {cfg.name}: pipeline {' -> '.join(cfg.pipeline)} on "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s); workdir {workdir}")
-  for name in cfg.pipeline:
-    start = time.time()
-    STAGES[name](run)
-    run.summary.setdefault("wall_seconds", {})[name] = round(time.time() - start, 2)
-    run.write_summary()
+  with checkpoint.PreemptionGuard() as guard:
+    run.preemption = guard
+    for name in cfg.pipeline:
+      start = time.time()
+      STAGES[name](run)
+      run.summary.setdefault("wall_seconds", {})[name] = round(time.time() - start, 2)
+      run.write_summary()
+      if guard.requested:
+        print(f"rankjax: stopped after stage {name!r} (SIGTERM); rerun the same command "
+              "to resume from the checkpoint")
+        break
   return run

@@ -63,3 +63,5 @@ __all__ = [
     "decode_completions", "group", "group_list", "loglik_scores", "majority_vote",
     "reward_model_scores", "verifier_scores", "verify_and_revise", "weighted_vote",
 ]
+from rankjax.inference import _loops  # registers "star" and "iterative_dpo"
+from rankjax.inference._loops import preference_pairs, verified_records

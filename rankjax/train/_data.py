@@ -156,13 +156,17 @@ def _first_format(source) -> str | None:
 
 
 def build_pipeline(cfg: Config, stage: str, tokenizer, split: str = "train", *,
-                   one_pass: bool = False):
+                   one_pass: bool = False, records: list[dict] | None = None):
   """The `rankjax.data.Pipeline` of `stage` for `split` ("train"/"eval";
   None: no eval data). `one_pass`: see `pipeline_config`.
 
   Raises ValueError when the data's format does not suit the stage.
   """
-  source = open_source(cfg, stage, split)
+  # `records`: rows made in-process (self-improvement loops) instead of cfg.data.
+  if records is not None:
+    source = data.RecordSource(records, name=f"{stage}:generated") if split == "train" else None
+  else:
+    source = open_source(cfg, stage, split)
   if source is None:
     return None
   unpair = stage == "kto" and _first_format(source) == data.PREFERENCE

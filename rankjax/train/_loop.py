@@ -145,11 +145,14 @@ def train_loop(state, step_fn: Callable, batches: Iterator, cfg: LoopConfig, *,
                batch_shardings, writer: MetricsWriter | None = None,
                eval_fn: Callable[[Any], Mapping[str, float]] | None = None,
                checkpoints=None, schedule: Callable | None = None,
-               start_step: int = 0):
+               start_step: int = 0, stop_requested: Callable[[], bool] | None = None):
   """Runs `cfg.steps` updates from `start_step`; returns (state, summary).
 
   summary: the last logged train metrics, `eval/*` of the last evaluation,
   `nonfinite_steps`, `zero_target_batches`, `tokens_per_s`, `steps`.
+  stop_requested: polled after every step (SIGTERM/preemption): when it
+  returns True the loop checkpoints the current step and returns early,
+  with `summary["preempted"] = True`.
   """
   progress = Progress(cfg.name, cfg.steps, start_step)
   window, summary, totals = [], {}, {"nonfinite_steps": 0.0, "zero_target_batches": 0.0}
@@ -165,6 +168,10 @@ def train_loop(state, step_fn: Callable, batches: Iterator, cfg: LoopConfig, *,
     state, metrics = step_fn(state, put_batch(host_batch, batch_shardings))
     step += 1
     window.append(metrics)
+    if stop_requested is not None and stop_requested():
+      log.warning("%s: stop requested at step %d: checkpointing and stopping", cfg.name, step)
+      summary["preempted"] = True
+      cfg = dataclasses.replace(cfg, steps=step)
     if cfg.on_nonfinite == "stop" and float(metrics["nonfinite"]):
       log.error("%s: non-finite loss/gradient at step %d; stopping (on_nonfinite=stop)",
                 cfg.name, step)

@@ -147,7 +147,7 @@ def _loop(run, stage, state, step, batches, steps, mesh, optim, updates_per_step
   state, data_state, start = ckpt.restore_or(state, batches.get_state())
   if start:
     batches.set_state(data_state)
-    log.info("%s: resumed from step %d", stage, start)
+    print(f"{stage}: resumed from step {start}")
   writer = MetricsWriter(run.workdir, stage)
   loop_cfg = LoopConfig(name=stage, steps=steps, log_every=cfg.log_every,
                         checkpoint_every=cfg.checkpoint.every, on_nonfinite=cfg.on_nonfinite)
@@ -155,7 +155,8 @@ def _loop(run, stage, state, step, batches, steps, mesh, optim, updates_per_step
     state, summary = train_loop(state, step, batches, loop_cfg, batch_shardings=batch_sh,
                                 writer=writer, checkpoints=ckpt,
                                 schedule=lambda i: make_schedule(optim, steps * updates_per_step)(
-                                    i * updates_per_step), start_step=start)
+                                    i * updates_per_step), start_step=start,
+                                stop_requested=run.stop_requested)
     ckpt.wait()
   finally:
     writer.close()

@@ -93,7 +93,8 @@ def _with_cached_reference(run, model, batch_sh, train_batches, eval_pipe):
   return _reference.WithReference(train_batches, table), eval_batches
 
 
-def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int):
+def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int, *,
+        records: list[dict] | None = None, name: str | None = None):
   """Trains `model` for `steps` with the stage's step; returns (trained
   model with LoRA merged, summary)."""
   cfg = run.cfg
@@ -101,8 +102,8 @@ def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int):
   _data.check_divisible(cfg, mesh)
   hp = stage_hparams(cfg, stage)
   batch_sh = batch_sharding(mesh)
-  batches = iter(_data.build_pipeline(cfg, stage, run.tokenizer, "train"))
-  eval_pipe = _data.build_pipeline(cfg, stage, run.tokenizer, "eval")
+  batches = iter(_data.build_pipeline(cfg, stage, run.tokenizer, "train", records=records))
+  eval_pipe = _data.build_pipeline(cfg, stage, run.tokenizer, "eval", records=records)
   eval_batches = (lambda: iter(eval_pipe)) if eval_pipe is not None else None
   reference = stage == "kto" or (stage == "dpo" and not cfg.dpo.reference_free)
   if reference and stage == "dpo" and cfg.dpo.precompute_ref:
@@ -121,19 +122,21 @@ def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int):
                          objective=_steps.OBJECTIVES[stage], **hp)
     eval_fn = lambda s: evaluate_batches(eval_step, s, eval_batches(), batch_sh)
 
-  ckpt = checkpoint.Manager(run.workdir / "checkpoints" / stage, cfg.checkpoint)
+  name = name or stage  # e.g. "star_sft_1": its own checkpoints and metrics
+  ckpt = checkpoint.Manager(run.workdir / "checkpoints" / name, cfg.checkpoint)
   state, data_state, start = ckpt.restore_or(state, batches.get_state())
   if start:
     batches.set_state(data_state)
-    log.info("%s: resumed from step %d", stage, start)
-  writer = MetricsWriter(run.workdir, stage)
-  loop_cfg = LoopConfig(name=stage, steps=steps, log_every=cfg.log_every,
+    print(f"{stage}: resumed from step {start}")
+  writer = MetricsWriter(run.workdir, name)
+  loop_cfg = LoopConfig(name=name, steps=steps, log_every=cfg.log_every,
                         eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint.every,
                         on_nonfinite=cfg.on_nonfinite)
   try:
     state, summary = train_loop(state, step, batches, loop_cfg, batch_shardings=batch_sh,
                                 writer=writer, eval_fn=eval_fn, checkpoints=ckpt,
-                                schedule=make_schedule(cfg.optim, steps), start_step=start)
+                                schedule=make_schedule(cfg.optim, steps), start_step=start,
+                                stop_requested=run.stop_requested)
     ckpt.wait()
   finally:
     writer.close()

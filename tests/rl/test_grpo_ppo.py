@@ -103,10 +103,14 @@ def test_bad_settings_fail_before_compiling(kw, match):
 
 
 def _sft(model, steps=300):
-  """A brief SFT on the task so RL starts from a model that sometimes succeeds."""
+  """A brief SFT on imperfect demonstrations (half the answers wrong, as
+  `data.sft_noise=0.5`), so RL starts from a model that proposes right and
+  wrong answers."""
   state, sh, bsh = _state(model, lr=3e-3)
   step = train.jit_step(train.sft_step, sh, bsh)
-  recs = tasks.generate(TASK, "train", 512)
+  recs = tasks.generate(TASK, "train", 4096)
+  rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in recs]
+  recs = train._data.noisy_demonstrations(rows, recs, 0.5, seed=0, marker=None)
   rng = np.random.RandomState(0)
   for _ in range(steps):
     rows = [recs[i] for i in rng.randint(0, len(recs), 32)]
@@ -139,11 +143,11 @@ def sft_model():
 
 def test_grpo_raises_held_out_accuracy(sft_model):
   before = _accuracy(sft_model)
-  state, sh, bsh = _state(sft_model, lr=1e-3)
+  state, sh, bsh = _state(sft_model, lr=3e-4)
   rws = [rewards.arithmetic_correct(TOK)]
   step = _jit(sh, bsh, rws, _settings(group_size=8, num_minibatches=2))
-  batches = _rl.PromptBatches(tasks.generate(TASK, "train", 256), TOK, 16, 8, seed=0)
-  for _ in range(40):
+  batches = _rl.PromptBatches(tasks.generate(TASK, "train", 4096), TOK, 16, 8, seed=0)
+  for _ in range(60):
     state, metrics = step(state, next(batches), [None])
   after = _accuracy(state.model())
   # Two-proportion z-test over 1024 held-out samples each.
