@@ -186,8 +186,11 @@ def jit_rl_step(step_fn, state_sh, batch_sh, reward_states, *extra_sh, **static)
   mesh = jax.tree.leaves(batch_sh)[0].mesh
   rep = NamedSharding(mesh, P())
   rs_sh = jax.tree.map(lambda _: rep, reward_states)
+  # out_shardings pin the returned state to the input layout: the next call
+  # then hits the same compiled program.
   return jax.jit(functools.partial(step_fn, **static),
                  in_shardings=(state_sh, *extra_sh, batch_sh, rs_sh),
+                 out_shardings=(state_sh, *extra_sh, rep),
                  donate_argnums=0)
 
 
