@@ -29,6 +29,8 @@ class Run:
   tokenizer: Any
   model: models.Transformer
   summary: dict = dataclasses.field(default_factory=dict)
+  # Set by an "rm" stage: a scalar-head model later stages score with.
+  reward_model: models.Transformer | None = None
   # SIGTERM (preemption) turns this on; training loops poll it, checkpoint
   # and return, and the pipeline stops after the current stage.
   preemption: Any = None

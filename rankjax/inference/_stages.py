@@ -79,7 +79,7 @@ def _collect(run: run_lib.Run):
   return collect(run.model, run.tokenizer, problems, k=cfg.eval.num_samples,
                  temperature=cfg.eval.temperature,
                  rng=jax.random.key(cfg.seed + _EVAL_SEED_OFFSET),
-                 reward_model=getattr(run, "reward_model", None),
+                 reward_model=run.reward_model,
                  max_new_tokens=cfg.sample.max_new_tokens, top_k=cfg.sample.top_k,
                  top_p=cfg.sample.top_p, min_p=cfg.sample.min_p, **verify_kw)
 

@@ -125,7 +125,7 @@ def build_rewards(run: run_lib.Run, names, weights) -> list[rewards_lib.Reward]:
     elif name == "eos":
       out.append(rewards_lib.eos_reward(weight=w))
     elif name == "rm":
-      rm = getattr(run, "reward_model", None)
+      rm = run.reward_model
       if rm is None:
         raise ValueError("reward 'rm' needs a reward model: put an 'rm' stage before this one")
       out.append(rewards_lib.reward_model_score(rm, weight=w))
