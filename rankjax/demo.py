@@ -26,9 +26,9 @@ def get_config() -> Config:
       data=DataCfg(source="arithmetic", ops=("add",), max_digits=2, sft_noise=0.5,
                    batch_size=32, max_length=32, max_prompt_length=16),
       optim=OptimCfg(learning_rate=3e-3, warmup_steps=10),
-      sft=SFTCfg(steps=1000),
+      sft=SFTCfg(steps=3000),
       sample=SampleCfg(max_new_tokens=6, temperature=1.0),
-      grpo=GRPOCfg(steps=200, learning_rate=3e-4, num_prompts=16, group_size=8,
+      grpo=GRPOCfg(steps=400, learning_rate=3e-4, num_prompts=16, group_size=8,
                    rewards=("correct",)),
       eval=EvalCfg(num_problems=200, num_samples=8),
   )
