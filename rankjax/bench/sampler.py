@@ -270,16 +270,22 @@ class BareDecode:
 # ---------------------------------------------------------------------------
 
 
-def decode_cost(cfg: models.ModelConfig, w: Workload, param_bytes: int) -> dict[str, float]:
-  """Bytes and FLOPs of one decode step of B rows.
+def decode_rows(mode: str, w: Workload) -> int:
+  """Rows the model runs per decode step (beam search runs every beam)."""
+  return w.batch * (NUM_BEAMS if mode == "beam" else 1)
 
-  Weights: every parameter but the embedding table, of which only B rows are
-  gathered (all of it when tied: it is then also the LM head). KV cache: the
-  live slots, averaged over the decode (prompt + n/2); `kv_alloc_mb` is the
-  whole preallocated cache.
+
+def decode_cost(cfg: models.ModelConfig, w: Workload, param_bytes: int,
+                rows: int) -> dict[str, float]:
+  """Bytes and FLOPs of one decode step of `rows` rows.
+
+  Weights: every parameter but the embedding table, of which only the rows'
+  embeddings are gathered (all of it when tied: it is then also the LM head).
+  KV cache: the live slots, averaged over the decode (prompt + n/2);
+  `kv_alloc_mb` is the whole preallocated cache.
   """
   item = jnp.dtype(cfg.dtype).itemsize
-  d, v, bsz = cfg.hidden_size, cfg.vocab_size, w.batch
+  d, v, bsz = cfg.hidden_size, cfg.vocab_size, rows
   embed = 0 if cfg.tie_word_embeddings else v * d * item
   weights = param_bytes - embed + bsz * d * item
   kv_token = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * item
@@ -293,7 +299,11 @@ def decode_cost(cfg: models.ModelConfig, w: Workload, param_bytes: int) -> dict[
           "bytes_per_step_mb": (weights + kv) / 2**20, "gflop_per_step": flops / 1e9}
 
 
-def machine_floor(cost: dict[str, float], machine: dict[str, float], w: Workload) -> dict[str, float]:
+def machine_floor(cost: dict[str, float], machine: dict[str, float],
+                  batch: int) -> dict[str, float]:
+  """Step time at the measured bandwidth, at the measured matmul peak, and
+  the larger of the two (the roofline); tokens/s count `batch` tokens a step
+  (beam search returns one hypothesis per prompt)."""
   bw_s = cost["bytes_per_step_mb"] * 2**20 / (machine["bandwidth_gbps"] * 1e9)
   fl_s = cost["gflop_per_step"] / machine["matmul_gflops"]
   roof_s = max(bw_s, fl_s)
@@ -302,9 +312,9 @@ def machine_floor(cost: dict[str, float], machine: dict[str, float], w: Workload
   intensity = cost["gflop_per_step"] * 1e9 / (cost["bytes_per_step_mb"] * 2**20)
   balance = machine["matmul_gflops"] / machine["bandwidth_gbps"]
   return dict(cost, flop_per_byte=intensity, machine_flop_per_byte=balance,
-              bandwidth_ms_per_step=1e3 * bw_s, bandwidth_tokens_per_s=w.batch / bw_s,
-              compute_ms_per_step=1e3 * fl_s, compute_tokens_per_s=w.batch / fl_s,
-              roofline_ms_per_step=1e3 * roof_s, roofline_tokens_per_s=w.batch / roof_s)
+              bandwidth_ms_per_step=1e3 * bw_s, bandwidth_tokens_per_s=batch / bw_s,
+              compute_ms_per_step=1e3 * fl_s, compute_tokens_per_s=batch / fl_s,
+              roofline_ms_per_step=1e3 * roof_s, roofline_tokens_per_s=batch / roof_s)
 
 
 def nucleus_sizes(model, prompts: np.ndarray, p: float, window: int) -> dict[str, float]:
@@ -347,9 +357,15 @@ def run_mode(mode, model, hf, prompts, w, repeats, bare=None):
   return out, {name: np.asarray(t.first_output) for name, t in timings.items()}
 
 
-def fractions(modes: dict, bare: dict | None, floor: dict) -> dict[str, float]:
+def fractions(modes: dict, bare: dict | None, floors: dict) -> dict[str, float]:
   tps = {m: r["rankjax"]["tokens_per_s"] for m, r in modes.items()}
   f = {f"{m}_vs_transformers": r["ratio"] for m, r in modes.items() if "ratio" in r}
+  for m, r in modes.items():
+    for system, res in r.items():
+      if isinstance(res, dict):
+        roof = floors[m]["roofline_tokens_per_s"]
+        f[f"{system}_{m}_vs_roofline"] = res["tokens_per_s"] / roof
+  floor = floors["greedy"]
   if "greedy" in tps:
     f["greedy_vs_bandwidth_floor"] = tps["greedy"] / floor["bandwidth_tokens_per_s"]
     f["greedy_vs_roofline_floor"] = tps["greedy"] / floor["roofline_tokens_per_s"]
@@ -381,7 +397,8 @@ def report(r: dict[str, Any]) -> str:
       f"prompt {w['prompt_len']}, {w['new_tokens']} new tokens, "
       f"{m['threads']} threads, bandwidth {m['bandwidth_gbps']:.1f} GB/s, "
       f"matmul {m['matmul_gflops']:.1f} GFLOP/s",
-      "", _mode_table(r["modes"]), "", _step_table(r), "", _target_table(r["targets"])]
+      "", _mode_table(r["modes"]), "", _roofline_table(r), "", _step_table(r), "",
+      _target_table(r["targets"])]
   return "\n".join(parts)
 
 
@@ -397,6 +414,18 @@ def _mode_table(modes: dict) -> str:
       "mode", "rankjax tok/s", "transformers tok/s", "ratio", "rankjax s",
       "rankjax compile s", "transformers s", "transformers 1st-call extra s",
       "peak RSS MB"])
+
+
+def _roofline_table(r: dict) -> str:
+  rows = []
+  for mode, res in r["modes"].items():
+    fl, f = r["floor_by_mode"][mode], r["fractions"]
+    rows.append([mode, fl["compute_ms_per_step"], fl["bandwidth_ms_per_step"],
+                 fl["roofline_tokens_per_s"], f[f"rankjax_{mode}_vs_roofline"],
+                 f.get(f"transformers_{mode}_vs_roofline", "-")])
+  return _common.format_table(rows, [
+      "mode", "compute floor ms/step", "bandwidth floor ms/step", "roofline tok/s",
+      "rankjax/roofline", "transformers/roofline"])
 
 
 def _step_table(r: dict) -> str:
@@ -452,7 +481,8 @@ def main(argv=None) -> dict[str, Any]:
   machine = dict(threads, bandwidth_gbps=bw["gbps"], matmul_gflops=mm["gflops"],
                  bandwidth=bw, matmul=mm)
   param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  floor = machine_floor(decode_cost(cfg, w, param_bytes), machine, w)
+  floors = {m: machine_floor(decode_cost(cfg, w, param_bytes, decode_rows(m, w)), machine,
+                            w.batch) for m in MODES}
 
   bare = BareDecode(model, prompts, w)
   modes, tokens = {}, {}
@@ -475,7 +505,8 @@ def main(argv=None) -> dict[str, Any]:
       "machine": machine,
       "modes": modes,
       "bare_step": bare_res,
-      "floor": floor,
+      "floor": floors["greedy"],
+      "floor_by_mode": floors,
       "memory": {"peak_rss_mb": _common.peak_rss_mb(), "device": _common.device_memory()},
   }
   if "top_p" in modes:
@@ -484,7 +515,7 @@ def main(argv=None) -> dict[str, Any]:
   if "greedy" in modes and hf is not None:
     result["greedy_prefix_agreement"] = prefix_agreement(
         tokens["greedy"]["rankjax"], tokens["greedy"]["transformers"])
-  result["fractions"] = fractions(modes, bare_res, floor)
+  result["fractions"] = fractions(modes, bare_res, floors)
   result["targets"] = check_targets(result["fractions"])
   print(report(result))
   _common.emit_json(result, args.json_path)

@@ -46,6 +46,9 @@ def test_ceiling_floor_and_machine_figures_are_positive(result):
   for key in ("bandwidth_ms_per_step", "bandwidth_tokens_per_s", "weights_mb",
               "kv_live_mb", "bytes_per_step_mb", "gflop_per_step"):
     assert _positive(r["floor"][key]), key
+  for mode in sampler.MODES:
+    assert _positive(r["floor_by_mode"][mode]["roofline_tokens_per_s"]), mode
+    assert _positive(r["fractions"][f"rankjax_{mode}_vs_roofline"]), mode
   for key in ("bandwidth_gbps", "matmul_gflops", "threads"):
     assert _positive(r["machine"][key]), key
   assert _positive(r["memory"]["peak_rss_mb"])
