@@ -97,10 +97,14 @@ class PromptBatches:
 
 
 def _encode_answers(answers, tok, length):
+  """Reference answers as token ids for in-graph verifiers (any answer text,
+  unlike `tasks.encode_answers`, which only takes integers)."""
   ids = np.zeros((len(answers), length), np.int32)
   mask = np.zeros((len(answers), length), bool)
   for i, a in enumerate(answers):
-    enc = tok.encode(str(a))[:length]
+    enc = tok.encode(str(a))
+    if len(enc) > length:
+      raise ValueError(f"reference answer {str(a)[:40]!r} has {len(enc)} tokens > {length}")
     ids[i, :len(enc)], mask[i, :len(enc)] = enc, True
   return ids, mask
 
