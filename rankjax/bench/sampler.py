@@ -207,8 +207,12 @@ def prefix_agreement(a, b) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _argmax_next(model, hidden_btd):
-  return jnp.argmax(model.logits(hidden_btd[:, -1:])[:, 0], axis=-1).astype(jnp.int32)
+def _last_logits(model, hidden_btd):
+  return model.logits(hidden_btd[:, -1:])[:, 0]
+
+
+def _argmax(logits_bv):
+  return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
@@ -218,7 +222,8 @@ def _prefill(graphdef, state, tokens_bp, *, cache_len):
   positions = jnp.broadcast_to(jnp.arange(p, dtype=jnp.int32), (b, p))
   cache = model.init_cache(b, cache_len)
   hidden, cache = model.forward_cached(tokens_bp, positions, jnp.ones((b, p), bool), cache)
-  return _argmax_next(model, hidden), positions[:, -1] + 1, cache
+  logits = _last_logits(model, hidden)
+  return _argmax(logits), positions[:, -1] + 1, cache, logits
 
 
 # The cache is donated so XLA writes the new keys/values in place.
@@ -227,12 +232,13 @@ def _decode_step(graphdef, state, tokens_b, positions_b, cache):
   model = nnx.merge(graphdef, state)
   ones = jnp.ones((tokens_b.shape[0], 1), bool)
   hidden, cache = model.forward_cached(tokens_b[:, None], positions_b[:, None], ones, cache)
-  return _argmax_next(model, hidden), positions_b + 1, cache
+  return _argmax(_last_logits(model, hidden)), positions_b + 1, cache
 
 
 class BareDecode:
   """Prefill, then `new_tokens` decode steps dispatched from Python; each call
-  records its prefill and decode seconds apart."""
+  records its prefill and decode seconds apart (and keeps the prompts'
+  next-token logits)."""
 
   def __init__(self, model, prompts: np.ndarray, w: Workload):
     self.graphdef, self.state = nnx.split(model)
@@ -240,9 +246,10 @@ class BareDecode:
     self.w = w
     self.prefill_s: list[float] = []
     self.decode_s: list[float] = []
+    self.prompt_logits = None
 
   def __call__(self):
-    t_pre, (tok, pos, cache) = _common.timed(lambda: _prefill(
+    t_pre, (tok, pos, cache, self.prompt_logits) = _common.timed(lambda: _prefill(
         self.graphdef, self.state, self.tokens,
         cache_len=self.w.prompt_len + self.w.new_tokens))
     t_dec, out = _common.timed(lambda: self._decode(tok, pos, cache))
@@ -317,14 +324,15 @@ def machine_floor(cost: dict[str, float], machine: dict[str, float],
               roofline_ms_per_step=1e3 * roof_s, roofline_tokens_per_s=batch / roof_s)
 
 
-def nucleus_sizes(model, prompts: np.ndarray, p: float, window: int) -> dict[str, float]:
-  """How many tokens top-p keeps at the prompts' last position, and the share
+def nucleus_sizes(logits_bv, p: float, window: int) -> dict[str, float]:
+  """How many tokens top-p keeps at the prompts' next position, and the share
   of rows wider than the sampler's top-k window (those take its full-sort
   fallback)."""
-  logits = model(jnp.asarray(prompts))[:, -1].astype(jnp.float32)
-  probs = -jnp.sort(-jax.nn.softmax(logits, axis=-1), axis=-1)
-  before = jnp.cumsum(probs, axis=-1) - probs
-  sizes = np.asarray(jnp.sum(before < p, axis=-1))
+  logits = np.asarray(logits_bv, np.float64)
+  probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+  probs = -np.sort(-probs / probs.sum(axis=-1, keepdims=True), axis=-1)
+  before = np.cumsum(probs, axis=-1) - probs
+  sizes = np.sum(before < p, axis=-1)
   return {"median": float(np.median(sizes)), "max": float(sizes.max()),
           "window": float(window), "rows_over_window": float(np.mean(sizes > window))}
 
@@ -475,15 +483,6 @@ def main(argv=None) -> dict[str, Any]:
     if not args.no_transformers:
       hf = load_transformers(tmp, threads["threads"])
 
-  _common.log("probing memory bandwidth and matmul peak")
-  bw = _common.memory_bandwidth(16 if args.tiny else 512)
-  mm = _common.matmul_peak(256 if args.tiny else 2048)
-  machine = dict(threads, bandwidth_gbps=bw["gbps"], matmul_gflops=mm["gflops"],
-                 bandwidth=bw, matmul=mm)
-  param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  floors = {m: machine_floor(decode_cost(cfg, w, param_bytes, decode_rows(m, w)), machine,
-                            w.batch) for m in MODES}
-
   bare = BareDecode(model, prompts, w)
   modes, tokens = {}, {}
   for mode in args.modes:
@@ -493,6 +492,16 @@ def main(argv=None) -> dict[str, Any]:
   if "greedy" not in modes:
     _common.time_call(bare, args.repeats)
   bare_res = bare.summary()
+
+  # After the modes, so that their peak RSS does not include the probe arrays.
+  _common.log("probing memory bandwidth and matmul peak")
+  bw = _common.memory_bandwidth(16 if args.tiny else 512)
+  mm = _common.matmul_peak(256 if args.tiny else 2048)
+  machine = dict(threads, bandwidth_gbps=bw["gbps"], matmul_gflops=mm["gflops"],
+                 bandwidth=bw, matmul=mm)
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  floors = {m: machine_floor(decode_cost(cfg, w, param_bytes, decode_rows(m, w)), machine,
+                            w.batch) for m in MODES}
 
   result = {
       "benchmark": "sampler",
@@ -510,7 +519,7 @@ def main(argv=None) -> dict[str, Any]:
       "memory": {"peak_rss_mb": _common.peak_rss_mb(), "device": _common.device_memory()},
   }
   if "top_p" in modes:
-    result["top_p_nucleus"] = nucleus_sizes(model, prompts, TOP_P,
+    result["top_p_nucleus"] = nucleus_sizes(bare.prompt_logits, TOP_P,
                                             sampling.SamplingConfig().top_k_window)
   if "greedy" in modes and hf is not None:
     result["greedy_prefix_agreement"] = prefix_agreement(
