@@ -126,11 +126,19 @@ def sample_tokens(rng, logits_rv, seen_rv, params: RowParams, *, window: int):
   logits32 = logits_rv.astype(jnp.float32)  # upcast before log-softmax
   penalised = logits32 if seen_rv is None else apply_repetition_penalty(
       logits32, seen_rv, params.repetition_penalty)
-  filtered = filter_logits(penalised, params, window=window)
-  sampled = jax.random.categorical(rng, filtered, axis=-1)
-  greedy = jnp.argmax(penalised, axis=-1)
+  greedy = jnp.argmax(penalised, axis=-1).astype(jnp.int32)
   is_greedy = params.temperature <= 0
-  tokens = jnp.where(is_greedy, greedy, sampled).astype(jnp.int32)
+
+  def draw(_):
+    filtered = filter_logits(penalised, params, window=window)
+    sampled = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(filtered), sampled[:, None], -1)[:, 0]
+    return sampled, lp
+
+  # An all-greedy batch skips the [R, V] random draw and second log-softmax
+  # (measured ~20% of a greedy decode step on CPU).
+  sampled, proc_lp = jax.lax.cond(jnp.any(~is_greedy), draw,
+                                  lambda _: (greedy, jnp.zeros(greedy.shape, jnp.float32)), None)
+  tokens = jnp.where(is_greedy, greedy, sampled)
   raw_lp = jnp.take_along_axis(jax.nn.log_softmax(logits32), tokens[:, None], -1)[:, 0]
-  proc_lp = jnp.take_along_axis(jax.nn.log_softmax(filtered), tokens[:, None], -1)[:, 0]
   return tokens, raw_lp, jnp.where(is_greedy, 0.0, proc_lp)
