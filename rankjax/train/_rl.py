@@ -23,14 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax import checkpoint, models, parallel, rewards as rewards_lib
+from rankjax import models, parallel, rewards as rewards_lib
 from rankjax import run as run_lib
 from rankjax.data import tasks
 from rankjax.inference._prompts import encode_prompt
 from rankjax.inference._stages import uses_chat
 from rankjax.train import _data
 from rankjax.train._grpo import GRPOSettings, check_settings, grpo_step
-from rankjax.train._loop import LoopConfig, MetricsWriter, train_loop
+from rankjax.train._stages import resume_and_train
 from rankjax.train._optim import make_optimizer, make_schedule
 from rankjax.train._ppo import PPOSettings, ppo_step
 from rankjax.train._state import batch_sharding, create_train_state
@@ -145,26 +145,11 @@ def _prompt_batches(run: run_lib.Run, batch_size: int) -> PromptBatches:
 
 
 def _loop(run, stage, state, step, batches, steps, mesh, optim, updates_per_step):
-  cfg = run.cfg
-  batch_sh = batch_sharding(mesh)
-  ckpt = checkpoint.Manager(run.workdir / "checkpoints" / stage, cfg.checkpoint)
-  state, data_state, start = ckpt.restore_or(state, batches.get_state())
-  if start:
-    batches.set_state(data_state)
-    print(f"{stage}: resumed from step {start}")
-  writer = MetricsWriter(run.workdir, stage)
-  loop_cfg = LoopConfig(name=stage, steps=steps, log_every=cfg.log_every,
-                        checkpoint_every=cfg.checkpoint.every, on_nonfinite=cfg.on_nonfinite)
-  try:
-    state, summary = train_loop(state, step, batches, loop_cfg, batch_shardings=batch_sh,
-                                writer=writer, checkpoints=ckpt,
-                                schedule=lambda i: make_schedule(optim, steps * updates_per_step)(
-                                    i * updates_per_step), start_step=start,
-                                stop_requested=run.stop_requested)
-    ckpt.wait()
-  finally:
-    writer.close()
-  return state, summary
+  """The shared host loop; the logged learning rate follows the optimizer,
+  which takes `updates_per_step` updates per RL step."""
+  total = steps * updates_per_step
+  return resume_and_train(run, stage, state, step, batches, steps, batch_sharding(mesh),
+                          schedule=lambda i: make_schedule(optim, total)(i * updates_per_step))
 
 
 def _stage_optim(cfg, learning_rate: float):

@@ -93,6 +93,32 @@ def _with_cached_reference(run, model, batch_sh, train_batches, eval_pipe):
   return _reference.WithReference(train_batches, table), eval_batches
 
 
+def resume_and_train(run: run_lib.Run, name: str, state, step, batches, steps: int,
+                     batch_sh, *, schedule, eval_fn=None, eval_every: int = 0):
+  """Restore `name`'s latest checkpoint (state + data position), run the host
+  loop to `steps` with metrics, checkpoints and SIGTERM handling, and wait
+  for the last save. Shared by every training stage."""
+  cfg = run.cfg
+  ckpt = checkpoint.Manager(run.workdir / "checkpoints" / name, cfg.checkpoint)
+  state, data_state, start = ckpt.restore_or(state, batches.get_state())
+  if start:
+    batches.set_state(data_state)
+    print(f"{name}: resumed from step {start}")
+  writer = MetricsWriter(run.workdir, name)
+  loop_cfg = LoopConfig(name=name, steps=steps, log_every=cfg.log_every,
+                        eval_every=eval_every, checkpoint_every=cfg.checkpoint.every,
+                        on_nonfinite=cfg.on_nonfinite)
+  try:
+    state, summary = train_loop(state, step, batches, loop_cfg, batch_shardings=batch_sh,
+                                writer=writer, eval_fn=eval_fn, checkpoints=ckpt,
+                                schedule=schedule, start_step=start,
+                                stop_requested=run.stop_requested)
+    ckpt.wait()
+  finally:
+    writer.close()
+  return state, summary
+
+
 def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int, *,
         records: list[dict] | None = None, name: str | None = None):
   """Trains `model` for `steps` with the stage's step; returns (trained
@@ -123,23 +149,9 @@ def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int, *,
     eval_fn = lambda s: evaluate_batches(eval_step, s, eval_batches(), batch_sh)
 
   name = name or stage  # e.g. "star_sft_1": its own checkpoints and metrics
-  ckpt = checkpoint.Manager(run.workdir / "checkpoints" / name, cfg.checkpoint)
-  state, data_state, start = ckpt.restore_or(state, batches.get_state())
-  if start:
-    batches.set_state(data_state)
-    print(f"{stage}: resumed from step {start}")
-  writer = MetricsWriter(run.workdir, name)
-  loop_cfg = LoopConfig(name=name, steps=steps, log_every=cfg.log_every,
-                        eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint.every,
-                        on_nonfinite=cfg.on_nonfinite)
-  try:
-    state, summary = train_loop(state, step, batches, loop_cfg, batch_shardings=batch_sh,
-                                writer=writer, eval_fn=eval_fn, checkpoints=ckpt,
-                                schedule=make_schedule(cfg.optim, steps), start_step=start,
-                                stop_requested=run.stop_requested)
-    ckpt.wait()
-  finally:
-    writer.close()
+  state, summary = resume_and_train(run, name, state, step, batches, steps, batch_sh,
+                                    schedule=make_schedule(cfg.optim, steps),
+                                    eval_fn=eval_fn, eval_every=cfg.eval_every)
   summary.update(data=batches.stats.as_dict(), lora_rank=int(state.lora) * cfg.model.lora_rank,
                  trainable_params=sum(x.size for x in jax.tree.leaves(state.params)))
   return models.merge_lora(state.model()), summary
