@@ -247,7 +247,8 @@ def stage_ppo(run: run_lib.Run) -> None:
 
   jitted = jax.jit(ppo_fn, in_shardings=(state_sh, critic_sh, batch_sh,
                                          jax.tree.map(lambda _: rep, reward_states), rep),
-                   donate_argnums=(0, 1))
+                   # Pinned output layouts: every step reuses one compiled program.
+                   out_shardings=(state_sh, critic_sh, rep), donate_argnums=(0, 1))
   holder = {"critic": critic, "coef": jnp.float32(p.kl_coef)}
 
   def step(st, batch):
