@@ -12,6 +12,7 @@ BENCHMARKS = {
     "sampler": "rankjax.bench.sampler",
     "train": "rankjax.bench.train",
     "data": "rankjax.bench.data",
+    "grpo": "rankjax.bench.grpo",
 }
 
 
