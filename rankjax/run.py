@@ -38,6 +38,15 @@ class Run:
   def stop_requested(self) -> bool:
     return bool(self.preemption is not None and self.preemption.requested)
 
+  def export(self, model: models.Transformer, path: Path) -> str | None:
+    """Saves `model` as a Hugging Face checkpoint with its tokenizer, so
+    `model.path=<path>` loads it on its own (`checkpoint.export_hf`)."""
+    if not self.cfg.checkpoint.export_hf or jax.process_index() != 0:
+      return None
+    models.save_pretrained(model, path)
+    self.tokenizer.save(path)
+    return str(path)
+
   def write_summary(self) -> None:
     (self.workdir / "summary.json").write_text(json.dumps(self.summary, indent=2, default=float))
 

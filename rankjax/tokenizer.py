@@ -26,6 +26,7 @@ import functools
 import json
 import os
 import re
+import shutil
 import string
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -45,6 +46,14 @@ _SPECIALS = ("<pad>", "<bos>", "<eos>")
 # Printable ASCII (no tabs/CR) plus newline. Order is part of the contract:
 # traceable verifiers in rankjax.data.tasks compute digit ids from it.
 _CHARS = "\n" + "".join(c for c in string.printable if c not in "\t\r\x0b\x0c\n")
+
+
+# An export of a model that uses the built-in character tokenizer holds this
+# file instead of tokenizer.json.
+_CHAR_MARKER = "rankjax_tokenizer.json"
+# What HFTokenizer.save copies next to the weights.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "chat_template.jinja", "additional_chat_templates")
 
 
 class CharTokenizer:
@@ -69,6 +78,13 @@ class CharTokenizer:
 
   def char_id(self, c: str) -> int:
     return self._id_of[c]
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Marks directory `path` (a model export) as using this tokenizer, so
+    `load_tokenizer(path)` gives it back."""
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, _CHAR_MARKER), "w") as f:
+      json.dump({"tokenizer": "char", "vocab_size": self.vocab_size}, f)
 
   def encode(self, text: str, add_bos: bool = False) -> list[int]:
     ids = [self.bos_id] if add_bos else []
@@ -472,10 +488,31 @@ class HFTokenizer:
     for name in ("generation_config.json", "config.json"):
       extra_eos += _int_list(
           _read_json(os.path.join(path, name)).get("eos_token_id"))
-    return cls(tok, special_tokens=special, extra_eos_ids=extra_eos,
-               chat_templates=_load_chat_templates(path, config),
-               clean_up_tokenization_spaces=bool(
-                   config.get("clean_up_tokenization_spaces", False)))
+    out = cls(tok, special_tokens=special, extra_eos_ids=extra_eos,
+              chat_templates=_load_chat_templates(path, config),
+              clean_up_tokenization_spaces=bool(
+                  config.get("clean_up_tokenization_spaces", False)))
+    out.source_dir = path
+    return out
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Copies the tokenizer files it was loaded from into `path` (a model
+    export), so the export loads on its own."""
+    if not getattr(self, "source_dir", None):
+      raise ValueError("HFTokenizer.save: this tokenizer was not loaded from a "
+                       "directory (HFTokenizer.from_dir); there are no files to copy")
+    os.makedirs(path, exist_ok=True)
+    for name in _TOKENIZER_FILES:
+      src = os.path.join(self.source_dir, name)
+      if os.path.isdir(src):
+        shutil.copytree(src, os.path.join(path, name), dirs_exist_ok=True)
+      elif os.path.isfile(src):
+        shutil.copy(src, os.path.join(path, name))
+    # Extra EOS ids live in generation_config.json; the model's own export
+    # writes one, which wins.
+    src = os.path.join(self.source_dir, "generation_config.json")
+    if os.path.isfile(src) and not os.path.exists(os.path.join(path, "generation_config.json")):
+      shutil.copy(src, os.path.join(path, "generation_config.json"))
 
   def token_id(self, token: str | None) -> int | None:
     """The id of a token string (special or not), or None if absent."""
@@ -572,6 +609,13 @@ def _clean_up_spaces(text: str) -> str:
   return text
 
 
-def load_tokenizer(path: str | os.PathLike) -> HFTokenizer:
-  """Loads the Hugging Face tokenizer saved in directory `path`."""
+def load_tokenizer(path: str | os.PathLike) -> HFTokenizer | CharTokenizer:
+  """Loads the tokenizer saved in directory `path`: a Hugging Face one, or
+  the built-in character tokenizer where an export says so."""
+  marker = os.path.join(os.fspath(path), _CHAR_MARKER)
+  if os.path.isfile(marker):
+    spec = _read_json(marker)
+    if spec.get("tokenizer") != "char":
+      raise ValueError(f"{marker}: unknown tokenizer {spec.get('tokenizer')!r}; expected 'char'")
+    return CharTokenizer()
   return HFTokenizer.from_dir(path)

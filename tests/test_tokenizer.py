@@ -274,3 +274,24 @@ def test_char_tokenizer_round_trip_and_mask():
   assert tok.decode([i for i, m in zip(ids, mask) if m]) == "2\n"
   with pytest.raises(ValueError, match="position 1"):
     tok.encode("a\tb")
+
+
+@pytest.mark.parametrize("name", ["chatml", "llama3"])
+def test_saved_tokenizer_loads_from_the_export(dirs, tmp_path, name):
+  """An export directory carries its tokenizer: `model.path=<export>` alone
+  gives back the same encoding and chat template."""
+  tok = load_tokenizer(dirs[name])
+  tok.save(tmp_path / "export")
+  again = load_tokenizer(tmp_path / "export")
+  text = "Hello! What is 2 + 2?"
+  assert again.encode(text) == tok.encode(text) and again.eos_ids == tok.eos_ids
+  msgs = [{"role": "user", "content": "2+2?"}]
+  assert again.apply_chat_template(msgs) == tok.apply_chat_template(msgs)
+
+
+def test_char_tokenizer_export_marker(tmp_path):
+  CharTokenizer().save(tmp_path)
+  assert isinstance(load_tokenizer(tmp_path), CharTokenizer)
+  (tmp_path / "rankjax_tokenizer.json").write_text('{"tokenizer": "bytes"}')
+  with pytest.raises(ValueError, match="rankjax_tokenizer.json: unknown tokenizer 'bytes'"):
+    load_tokenizer(tmp_path)

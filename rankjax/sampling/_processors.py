@@ -11,8 +11,9 @@ over the full vocabulary with everything below the threshold masked.
 
 Only the thresholds need order statistics. They come from a `lax.top_k`
 window of W logits; a row whose top-k exceeds W, or whose nucleus is wider
-than the window, takes an exact full-sort fallback (`lax.cond`, so the sort
-runs only on steps that need it).
+than the window, gets its thresholds by bisection on order-preserving integer
+keys instead (32 masked sums; under `lax.cond`, so only on steps that need
+it). Nothing sorts the vocabulary.
 """
 
 from __future__ import annotations
@@ -73,6 +74,57 @@ def _thresholds_from_sorted(sorted_rw, lse_r, params: RowParams):
   return thresh, exact
 
 
+def _order_keys(x):
+  """uint32 keys with the order of the float32 values (for bisection)."""
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  sign = jnp.uint32(0x80000000)
+  return jnp.where(bits & sign, ~bits, bits | sign)
+
+
+def _key_to_float(key):
+  sign = jnp.uint32(0x80000000)
+  bits = jnp.where(key & sign, key & ~sign, ~key)
+  # Key 0 (below every float: nothing reached the target) keeps everything.
+  return jnp.where(key == 0, -jnp.inf, jax.lax.bitcast_convert_type(bits, jnp.float32))
+
+
+def _largest_key(keys_rv, weights_rv, target_r):
+  """Per row, the largest key K with sum(weights[keys >= K]) >= target.
+
+  Weights are non-negative, so the sum only shrinks as K grows and one pass
+  per bit, from the top, finds K exactly: 32 masked sums instead of a sort.
+  K is always the key of a value in the row (or 0 if even the whole row
+  falls short, which keeps everything).
+  """
+  def bit(i, k_r):
+    cand = k_r | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
+    mass = jnp.sum(jnp.where(keys_rv >= cand[:, None], weights_rv, 0), axis=-1)
+    return jnp.where(mass >= target_r, cand, k_r)
+
+  return jax.lax.fori_loop(0, 32, bit, jnp.zeros(keys_rv.shape[:1], jnp.uint32))
+
+
+def exact_thresholds(scaled_rv, params: RowParams):
+  """The top-k and top-p threshold of every row, exactly, without sorting.
+
+  top-k: the k-th largest logit = the largest value with at least k logits
+  at or above it. top-p: the largest value whose upper set (within top-k)
+  holds probability >= p, normalised over the top-k set as transformers
+  does. Both by bisection on order-preserving integer keys.
+  """
+  keys = _order_keys(scaled_rv)
+  k = params.top_k
+  k_key = _largest_key(keys, jnp.ones(scaled_rv.shape, jnp.float32),
+                       jnp.where(k > 0, k, 0).astype(jnp.float32))
+  k_thresh = jnp.where(k > 0, _key_to_float(k_key), _NEG)
+  in_k = scaled_rv >= k_thresh[:, None]
+  lse = jax.nn.logsumexp(jnp.where(in_k, scaled_rv, -jnp.inf), axis=-1)
+  probs = jnp.where(in_k, jnp.exp(scaled_rv - lse[:, None]), 0.0)
+  p_key = _largest_key(keys, probs, params.top_p)
+  p_thresh = jnp.where(params.top_p < 1.0, _key_to_float(p_key), _NEG)
+  return jnp.maximum(k_thresh, p_thresh)
+
+
 def filter_logits(logits_rv, params: RowParams, *, window: int):
   """Temperature-scaled logits with filtered tokens set to a large negative.
 
@@ -89,21 +141,22 @@ def filter_logits(logits_rv, params: RowParams, *, window: int):
     top_rw, _ = jax.lax.top_k(scaled, window)
     # The normaliser top-p sees: the top-k set if top-k is on (and fits the
     # window), else the whole vocabulary.
-    in_k = jnp.arange(window)[None, :] < jnp.where(k > 0, k, window + 1)[:, None]
+    # Like transformers, top-k keeps every logit tied with the k-th largest.
+    kth = jnp.take_along_axis(top_rw, jnp.clip(k - 1, 0, window - 1)[:, None], axis=-1)
+    in_k = top_rw >= kth
     lse_full = jax.nn.logsumexp(scaled, axis=-1)
     lse_k = jax.nn.logsumexp(jnp.where(in_k, top_rw, -jnp.inf), axis=-1)
-    lse = jnp.where((k > 0) & (k <= window), lse_k, lse_full)
+    k_fits = (k > 0) & (k <= window)
+    lse = jnp.where(k_fits, lse_k, lse_full)
     thresh, exact = _thresholds_from_sorted(top_rw, lse, params)
+    # A tie with the k-th logit that runs past the window is not settled.
+    exact = exact & ~(k_fits & (top_rw[:, -1] == kth[:, 0]) & (k < v))
     exact = exact | (params.temperature <= 0)  # greedy rows ignore filters
-
-    def full_sort(_):
-      sorted_rv = -jnp.sort(-scaled, axis=-1)
-      in_full_k = jnp.arange(v)[None, :] < jnp.where(k > 0, k, v + 1)[:, None]
-      lse_fk = jax.nn.logsumexp(jnp.where(in_full_k, sorted_rv, -jnp.inf), axis=-1)
-      t, _ = _thresholds_from_sorted(sorted_rv, lse_fk, params)
-      return jnp.where(exact, thresh, t)
-
-    return jax.lax.cond(jnp.all(exact), lambda _: thresh, full_sort, None)
+    # Rows the window cannot settle (a wide nucleus, top-k > window) get
+    # their thresholds by bisection: 32 masked passes, no sort.
+    return jax.lax.cond(
+        jnp.all(exact), lambda _: thresh,
+        lambda _: jnp.where(exact, thresh, exact_thresholds(scaled, params)), None)
 
   # Greedy rows and plain temperature sampling need no order statistics.
   needs_window = jnp.any((params.temperature > 0) & ((k > 0) | (params.top_p < 1.0)))

@@ -206,8 +206,8 @@ def stage_grpo(run: run_lib.Run) -> None:
   summary["seconds"] = round(time.time() - start, 1)
   run.model = state.model()
   run.summary["grpo"] = summary
-  if cfg.checkpoint.export_hf and jax.process_index() == 0:
-    models.save_pretrained(run.model, run.workdir / "export")
+  if exported := run.export(run.model, run.workdir / "export"):
+    summary["export"] = exported
 
 
 def stage_ppo(run: run_lib.Run) -> None:
@@ -262,8 +262,8 @@ def stage_ppo(run: run_lib.Run) -> None:
   model = state.model()
   run.model = model
   run.summary["ppo"] = summary
-  if cfg.checkpoint.export_hf and jax.process_index() == 0:
-    models.save_pretrained(model, run.workdir / "export")
+  if exported := run.export(model, run.workdir / "export"):
+    summary["export"] = exported
 
 
 def _with_value_head(model: models.Transformer, seed: int) -> models.Transformer:

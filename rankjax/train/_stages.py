@@ -19,7 +19,6 @@ with it (eval/rerank, PPO).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import jax
 from flax import nnx
@@ -157,15 +156,10 @@ def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int, *,
   return models.merge_lora(state.model()), summary
 
 
-def _export(run: run_lib.Run, model: models.Transformer, path: Path, summary: dict) -> None:
-  if run.cfg.checkpoint.export_hf and jax.process_index() == 0:
-    models.save_pretrained(model, path)
-    summary["export"] = str(path)
-
-
 def _train_policy(run: run_lib.Run, stage: str, steps: int) -> None:
   model, summary = fit(run, stage, run.model, steps)
-  _export(run, model, run.workdir / "export", summary)
+  if exported := run.export(model, run.workdir / "export"):
+    summary["export"] = exported
   run.model = model
   run.summary[stage] = summary
 
@@ -189,7 +183,8 @@ def stage_rm(run: run_lib.Run) -> None:
   """Train a Bradley-Terry reward model initialised from the policy."""
   rm = reward_model_from(run.model, seed=run.cfg.seed + 2)
   model, summary = fit(run, "rm", rm, run.cfg.rm.steps)
-  _export(run, model, run.workdir / "export" / "reward_model", summary)
+  if exported := run.export(model, run.workdir / "export" / "reward_model"):
+    summary["export"] = exported
   run.reward_model = model
   run.summary["rm"] = summary
 

@@ -13,6 +13,7 @@ import torch
 from hf_reference import make_hf_model
 from rankjax import models, sampling, testing
 from rankjax.sampling import _generate
+from rankjax.sampling._processors import RowParams, filter_logits
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +121,9 @@ def _reference_distribution(logits, temperature, top_k, top_p, min_p):
 @pytest.mark.parametrize("temperature,top_k,top_p,min_p,window", [
     (0.7, 0, 1.0, 0.0, 64),      # temperature only
     (1.0, 6, 1.0, 0.0, 64),      # top-k in the window
-    (1.0, 20, 1.0, 0.0, 8),      # top-k wider than the window: full-sort fallback
+    (1.0, 20, 1.0, 0.0, 8),      # top-k wider than the window: bisection fallback
     (0.7, 0, 0.8, 0.0, 64),      # nucleus inside the window
-    (1.0, 0, 0.9, 0.0, 4),       # nucleus wider than the window: fallback
+    (1.0, 0, 0.9, 0.0, 4),       # nucleus wider than the window: bisection fallback
     (0.8, 10, 0.7, 0.2, 64),     # all combined, in transformers' order
 ])
 def test_filtered_distribution_chi_square(temperature, top_k, top_p, min_p, window):
@@ -145,6 +146,42 @@ def test_filtered_distribution_chi_square(temperature, top_k, top_p, min_p, wind
   # The processed log-prob of each sample is its probability under `want`.
   np.testing.assert_allclose(np.exp(np.asarray(out.sampling_logprobs[:64, 0])),
                              want[np.asarray(out.tokens[:64, 0])], rtol=1e-4)
+
+
+def _kept_by_sorting(x, top_k, top_p):
+  """The tokens top-k then top-p keep, from a full sort in float64; ties
+  with the k-th logit stay (transformers' top-k), and the nucleus is the
+  smallest top set whose mass reaches p, with its boundary ties."""
+  s = -np.sort(-x.astype(np.float64))
+  keep = np.ones_like(x, bool)
+  if top_k:
+    keep &= x >= s[min(top_k, len(s)) - 1]
+  if top_p < 1:
+    s = s[s >= x[keep].min()]
+    cum = np.cumsum(np.exp(s - np.logaddexp.reduce(s)))
+    keep &= x >= s[min(np.searchsorted(cum, top_p), len(s) - 1)]
+  return keep
+
+
+@pytest.mark.parametrize("window", [4, 64])
+def test_filter_thresholds_exact_with_ties(window):
+  """Window and bisection paths keep exactly the sort-based token sets, on
+  rows with many ties, top-k wider than the vocabulary, and mixed rows."""
+  rng = np.random.default_rng(0)
+  rows, vocab = 48, 97
+  x = rng.normal(size=(rows, vocab)) * rng.uniform(0.2, 4, size=(rows, 1))
+  x[::2] = np.round(x[::2], 1)  # ties
+  x = x.astype(np.float32)
+  top_k = rng.integers(1, vocab + 5, size=rows) * (rng.random(rows) < 0.6)
+  top_p = np.where(rng.random(rows) < 0.7, rng.uniform(0.05, 0.99, size=rows), 1.0)
+  params = RowParams(temperature=jnp.ones(rows), top_k=jnp.asarray(top_k, jnp.int32),
+                     top_p=jnp.asarray(top_p, jnp.float32), min_p=jnp.zeros(rows),
+                     repetition_penalty=jnp.ones(rows),
+                     max_new_tokens=jnp.ones(rows, jnp.int32))
+  kept = np.asarray(filter_logits(jnp.asarray(x), params, window=window)) > -1e29
+  for r in range(rows):
+    want = _kept_by_sorting(x[r], int(top_k[r]), float(top_p[r]))
+    np.testing.assert_array_equal(kept[r], want, err_msg=f"row {r}: k={top_k[r]} p={top_p[r]}")
 
 
 def test_logprobs_equal_teacher_forced_recompute():
