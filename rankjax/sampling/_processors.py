@@ -104,7 +104,7 @@ def _largest_key(keys_rv, weights_rv, target_r):
   return jax.lax.fori_loop(0, 32, bit, jnp.zeros(keys_rv.shape[:1], jnp.uint32))
 
 
-def exact_thresholds(scaled_rv, params: RowParams):
+def exact_thresholds(scaled_rv, params: RowParams, top_rw):
   """The top-k and top-p threshold of every row, exactly, without sorting.
 
   top-k: the k-th largest logit = the largest value with at least k logits
@@ -114,14 +114,29 @@ def exact_thresholds(scaled_rv, params: RowParams):
   """
   keys = _order_keys(scaled_rv)
   k = params.top_k
-  k_key = _largest_key(keys, jnp.ones(scaled_rv.shape, jnp.float32),
-                       jnp.where(k > 0, k, 0).astype(jnp.float32))
-  k_thresh = jnp.where(k > 0, _key_to_float(k_key), _NEG)
-  in_k = scaled_rv >= k_thresh[:, None]
-  lse = jax.nn.logsumexp(jnp.where(in_k, scaled_rv, -jnp.inf), axis=-1)
-  probs = jnp.where(in_k, jnp.exp(scaled_rv - lse[:, None]), 0.0)
-  p_key = _largest_key(keys, probs, params.top_p)
-  p_thresh = jnp.where(params.top_p < 1.0, _key_to_float(p_key), _NEG)
+  v = scaled_rv.shape[-1]
+
+  def kth_largest(_):
+    k_key = _largest_key(keys, jnp.ones(scaled_rv.shape, jnp.float32), k.astype(jnp.float32))
+    return jnp.where((k > 0) & (k < v), _key_to_float(k_key), _NEG)
+
+  def kth_from_window(_):
+    kth = jnp.take_along_axis(top_rw, jnp.clip(k - 1, 0, top_rw.shape[1] - 1)[:, None], -1)
+    return jnp.where(k > 0, kth[:, 0], _NEG)
+
+  # Only a top-k wider than the window (`top_rw`: each row's W largest,
+  # descending) needs its own bisection.
+  k_thresh = jax.lax.cond(jnp.any(k > top_rw.shape[1]), kth_largest, kth_from_window, None)
+
+  def nucleus(_):
+    in_k = scaled_rv >= k_thresh[:, None]
+    lse = jax.nn.logsumexp(jnp.where(in_k, scaled_rv, -jnp.inf), axis=-1)
+    probs = jnp.where(in_k, jnp.exp(scaled_rv - lse[:, None]), 0.0)
+    p_key = _largest_key(keys, probs, params.top_p)
+    return jnp.where(params.top_p < 1.0, _key_to_float(p_key), _NEG)
+
+  p_thresh = jax.lax.cond(jnp.any(params.top_p < 1.0), nucleus,
+                          lambda _: jnp.full(k_thresh.shape, _NEG), None)
   return jnp.maximum(k_thresh, p_thresh)
 
 
@@ -156,7 +171,8 @@ def filter_logits(logits_rv, params: RowParams, *, window: int):
     # their thresholds by bisection: 32 masked passes, no sort.
     return jax.lax.cond(
         jnp.all(exact), lambda _: thresh,
-        lambda _: jnp.where(exact, thresh, exact_thresholds(scaled, params)), None)
+        lambda _: jnp.where(exact, thresh, exact_thresholds(scaled, params, top_rw)),
+        None)
 
   # Greedy rows and plain temperature sampling need no order statistics.
   needs_window = jnp.any((params.temperature > 0) & ((k > 0) | (params.top_p < 1.0)))
@@ -168,6 +184,40 @@ def filter_logits(logits_rv, params: RowParams, *, window: int):
                            _NEG)
   thresh = jnp.maximum(thresh, min_p_thresh)
   return jnp.where(scaled >= thresh[:, None], scaled, _NEG)
+
+
+def categorical(rng, logits_rv, block: int = 128):
+  """One draw per row from softmax(logits) and its log-prob, by inverse CDF.
+
+  One uniform per row instead of a Gumbel per vocabulary entry (the R x V
+  random bits and logs were ~15x the cost of everything else here on CPU):
+  block sums pick a block of `block` tokens, then a cumulative sum inside
+  it picks the token. Tokens with zero probability are never chosen, even
+  when rounding leaves the uniform past the last cumulative sum.
+  """
+  r, v = logits_rv.shape
+  pad = (-v) % block
+  x = jnp.pad(logits_rv.astype(jnp.float32), ((0, 0), (0, pad)), constant_values=-jnp.inf)
+  top = jnp.max(x, axis=-1, keepdims=True)
+  mass = jnp.exp(x - top).reshape(r, -1, block)          # [R, nb, block]
+  block_mass = jnp.sum(mass, axis=-1)                     # [R, nb]
+  block_cum = jnp.cumsum(block_mass, axis=-1)
+  u = jax.random.uniform(rng, (r, 1)) * block_cum[:, -1:]
+
+  def pick(cum, weights, u):
+    # First index whose cumulative mass exceeds u, never past the last
+    # index with positive mass.
+    idx = jnp.sum(cum <= u, axis=-1)
+    last = jnp.max(jnp.where(weights > 0, jnp.arange(weights.shape[-1]), 0), axis=-1)
+    return jnp.minimum(idx, last)
+
+  b = pick(block_cum, block_mass, u)
+  inner = jnp.take_along_axis(mass, b[:, None, None], axis=1)[:, 0]     # [R, block]
+  before = jnp.take_along_axis(block_cum - block_mass, b[:, None], -1)
+  j = pick(before + jnp.cumsum(inner, axis=-1), inner, u)
+  token = (b * block + j).astype(jnp.int32)
+  logp = (jnp.take_along_axis(x, token[:, None], -1) - top)[:, 0] - jnp.log(block_cum[:, -1])
+  return token, logp
 
 
 def sample_tokens(rng, logits_rv, seen_rv, params: RowParams, *, window: int):
@@ -183,10 +233,7 @@ def sample_tokens(rng, logits_rv, seen_rv, params: RowParams, *, window: int):
   is_greedy = params.temperature <= 0
 
   def draw(_):
-    filtered = filter_logits(penalised, params, window=window)
-    sampled = jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
-    lp = jnp.take_along_axis(jax.nn.log_softmax(filtered), sampled[:, None], -1)[:, 0]
-    return sampled, lp
+    return categorical(rng, filter_logits(penalised, params, window=window))
 
   # An all-greedy batch skips the [R, V] random draw and second log-softmax
   # (measured ~20% of a greedy decode step on CPU).

@@ -13,7 +13,7 @@ import torch
 from hf_reference import make_hf_model
 from rankjax import models, sampling, testing
 from rankjax.sampling import _generate
-from rankjax.sampling._processors import RowParams, filter_logits
+from rankjax.sampling._processors import RowParams, categorical, filter_logits
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +182,26 @@ def test_filter_thresholds_exact_with_ties(window):
   for r in range(rows):
     want = _kept_by_sorting(x[r], int(top_k[r]), float(top_p[r]))
     np.testing.assert_array_equal(kept[r], want, err_msg=f"row {r}: k={top_k[r]} p={top_p[r]}")
+
+
+def test_inverse_cdf_draw_matches_softmax_across_blocks():
+  """The one-uniform-per-row draw: right distribution over several blocks,
+  exact log-probs, and never a token with zero probability."""
+  rng = np.random.default_rng(3)
+  vocab, draws = 300, 24000  # 3 blocks of 128, the last one padded
+  logits = rng.normal(size=vocab).astype(np.float32)
+  logits[rng.random(vocab) < 0.3] = -1e30  # filtered tokens
+  logits[-1] = -1e30  # the last real token of the padded block
+  x = jnp.broadcast_to(jnp.asarray(logits), (draws, vocab))
+  tokens, logp = jax.jit(categorical)(jax.random.key(0), x)
+  tokens, logp = np.asarray(tokens), np.asarray(logp)
+  want = np.exp(logits.astype(np.float64) - np.logaddexp.reduce(logits.astype(np.float64)))
+  counts = np.bincount(tokens, minlength=vocab)
+  assert counts[want == 0].sum() == 0
+  keep = want > 0
+  _, pvalue = scipy.stats.chisquare(counts[keep], want[keep] / want[keep].sum() * draws)
+  assert pvalue > 1e-3, pvalue
+  np.testing.assert_allclose(logp, np.log(want[tokens]), rtol=1e-5, atol=1e-5)
 
 
 def test_logprobs_equal_teacher_forced_recompute():
