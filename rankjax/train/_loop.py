@@ -89,8 +89,10 @@ class MetricsWriter:
 class Progress:
   """`sft  120/300  40%  loss 0.412  1.2e+04 tok/s  ETA 0:00:31`."""
 
-  def __init__(self, name: str, total: int, start: int = 0, stream=sys.stderr):
-    self.name, self.total, self.stream = name, total, stream
+  def __init__(self, name: str, total: int, start: int = 0, stream=None):
+    # None: whatever sys.stderr is when a line is printed (it may have been
+    # redirected since this module was imported).
+    self.name, self.total, self._stream = name, total, stream
     self._t0, self._s0 = time.perf_counter(), start
 
   def update(self, step: int, tokens_per_s: float, metrics: Mapping[str, float]) -> None:
@@ -101,7 +103,7 @@ class Progress:
                       if k in ("loss", "rewards/accuracies", "accuracy", "grad_norm"))
     print(f"{self.name}  {step}/{self.total}  {100 * step / max(self.total, 1):.0f}%  "
           f"{shown}  {tokens_per_s:.3g} tok/s  ETA {_hms(eta)}",
-          file=self.stream, flush=True)
+          file=self._stream or sys.stderr, flush=True)
 
 
 def _hms(seconds: float) -> str:
