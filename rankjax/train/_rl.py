@@ -249,16 +249,17 @@ def stage_ppo(run: run_lib.Run) -> None:
                                          jax.tree.map(lambda _: rep, reward_states), rep),
                    # Pinned output layouts: every step reuses one compiled program.
                    out_shardings=(state_sh, critic_sh, rep), donate_argnums=(0, 1))
-  holder = {"critic": critic, "coef": jnp.float32(p.kl_coef)}
 
-  def step(st, batch):
-    st, holder["critic"], metrics = jitted(st, holder["critic"], batch, reward_states,
-                                           holder["coef"])
-    holder["coef"] = metrics["kl_coef_next"]
-    return st, metrics
+  def step(ppo_state, batch):
+    st, crit, coef = ppo_state
+    st, crit, metrics = jitted(st, crit, batch, reward_states, coef)
+    return (st, crit, metrics["kl_coef_next"]), metrics
 
-  state, summary = _loop(run, "ppo", state, step, batches, p.steps, mesh, optim,
-                         p.num_epochs * p.num_minibatches)
+  # Policy, critic (None with a shared trunk) and the adaptive KL coefficient
+  # are one pytree, so checkpoints and resumption carry all three.
+  coef = jax.device_put(jnp.float32(p.kl_coef), rep)
+  (state, _, _), summary = _loop(run, "ppo", (state, critic, coef), step, batches, p.steps,
+                                 mesh, optim, p.num_epochs * p.num_minibatches)
   model = state.model()
   run.model = model
   run.summary["ppo"] = summary

@@ -97,3 +97,29 @@ def test_wrong_format_for_stage_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="stage 'dpo' trains on preference"):
     _launch("dpo", tmp_path / "run", "--config.pipeline=dpo", "--config.data.source=jsonl",
             f"--config.data.path={path}", "--config.dpo.steps=2")
+
+
+def test_ppo_resume_restores_critic_and_kl_coefficient(tmp_path):
+  """3 PPO steps straight == 2 steps, stop, resume to 3: the separate
+  critic and the adaptive KL coefficient come back from the checkpoint, so
+  the resumed step's metrics and the final weights are identical."""
+  ppo = ["--config.pipeline=ppo", "--config.ppo.num_prompts=4", "--config.ppo.num_epochs=1",
+         "--config.ppo.num_minibatches=1", "--config.ppo.shared_critic=false",
+         "--config.ppo.adaptive_kl_target=0.01", "--config.ppo.adaptive_kl_horizon=8",
+         "--config.sample.max_new_tokens=3", "--config.checkpoint.every=1"]
+  _launch("ppo_arith", tmp_path / "straight", *ppo, "--config.ppo.steps=3")
+  _launch("ppo_arith", tmp_path / "resumed", *ppo, "--config.ppo.steps=2")
+  _launch("ppo_arith", tmp_path / "resumed", *ppo, "--config.ppo.steps=3")
+  rows = {}
+  for run in ("straight", "resumed"):
+    rows[run] = {r["step"]: r for r in _metrics(tmp_path / run) if "loss" in r}
+  assert sorted(rows["resumed"]) == [1, 2, 3]
+  # The adaptive coefficient moved, and the resumed run continued from it.
+  assert rows["straight"][3]["kl_coef"] != rows["straight"][1]["kl_coef"]
+  straight, resumed = rows["straight"][3], rows["resumed"][3]
+  assert any(k.startswith("value/") for k in straight)
+  for key in straight.keys() - {"tokens_per_s"}:
+    assert resumed[key] == straight[key], key
+  a = models.from_pretrained(tmp_path / "straight" / "export")
+  b = models.from_pretrained(tmp_path / "resumed" / "export")
+  np.testing.assert_array_equal(np.asarray(a.lm_head[...]), np.asarray(b.lm_head[...]))
