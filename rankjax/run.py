@@ -127,7 +127,13 @@ def execute(cfg: Config, workdir: str | Path) -> Run:
     for name in cfg.pipeline:
       start = time.time()
       STAGES[name](run)
-      run.summary.setdefault("wall_seconds", {})[name] = round(time.time() - start, 2)
+      walls = run.summary.setdefault("wall_seconds", {})
+      # A stage that runs twice (eval before and after training) keeps both.
+      key, n = name, 1
+      while key in walls:
+        n += 1
+        key = f"{name}_{n}"
+      walls[key] = round(time.time() - start, 2)
       run.write_summary()
       if guard.requested:
         print(f"rankjax: stopped after stage {name!r} (SIGTERM); rerun the same command "

@@ -53,6 +53,7 @@ def test_default_demo_at_ci_size(tmp_path, capsys):
       assert 0.0 <= s[stage][key] <= 1.0, (stage, key)
     assert s[stage]["pass@1"] <= s[stage][f"pass@{K}"]
     assert s["wall_seconds"][stage] > 0
+  assert set(s["wall_seconds"]) == {"sft", "eval", "grpo", "eval_2", "rerank"}
   assert s["grpo"]["steps"] == 2 and s["sft"]["steps"] == 6
   assert set(s["pass_at_k_curves"]) == {"sft", "grpo"}
   # The comparison table: one row per evaluated model, then the reranked one.
