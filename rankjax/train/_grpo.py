@@ -165,10 +165,9 @@ def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: 
   def update(st, idx):
     mb = jax.tree.map(lambda x: x[idx], data)
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params, mb)
-    # No sample any reward applies to: skip the update (the guard in
-    # apply_grads leaves params and optimizer state untouched).
-    loss = jnp.where(any_valid, loss, jnp.nan)
-    return apply_grads(st, loss, metrics, grads)
+    # No sample any reward applies to: skip the update (params and optimizer
+    # state untouched; reported as `skipped_no_reward`, not as non-finite).
+    return apply_grads(st, loss, metrics, grads, skip=~any_valid)
 
   new_state, update_metrics = jax.lax.scan(update, state, order)
   lengths = out.lengths.astype(jnp.float32)

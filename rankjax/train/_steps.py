@@ -156,12 +156,14 @@ def compute_grads(state: TrainState, batch: Batch, loss_fn: LossFn,
   return jax.tree.map(lambda x: x / accum_steps, total)
 
 
-def apply_grads(state: TrainState, loss, metrics, grads):
-  """Optimizer update, skipped when the loss or any gradient is NaN/Inf:
-  params and optimizer state then stay as they were, the step still counts
-  and `nonfinite` = 1. The state never holds a non-finite value."""
+def apply_grads(state: TrainState, loss, metrics, grads, skip=False):
+  """Optimizer update, skipped when the loss or any gradient is NaN/Inf
+  (`nonfinite` = 1) or when the caller says so (`skip`, e.g. no reward
+  applied to any sample): params and optimizer state then stay as they
+  were and the step still counts. The state never holds a non-finite value."""
   grad_norm = global_norm(grads)
-  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  ok = finite & ~jnp.asarray(skip)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
@@ -169,7 +171,7 @@ def apply_grads(state: TrainState, loss, metrics, grads):
       params=keep(params, state.params), opt_state=keep(opt_state, state.opt_state),
       step=state.step + 1, rng=jax.random.split(state.rng)[0])
   metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
-                 nonfinite=1.0 - ok.astype(jnp.float32))
+                 nonfinite=1.0 - finite.astype(jnp.float32))
   return new_state, metrics
 
 
