@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rankjax import checkpoint, models
+from rankjax import config as config_lib
 from rankjax.config import Config
 from rankjax.tokenizer import CharTokenizer, load_tokenizer
 
@@ -110,6 +111,9 @@ def _load_stage_modules() -> None:
 
 
 def execute(cfg: Config, workdir: str | Path) -> Run:
+  # Library callers (notebooks) get the same checks as the command line,
+  # before anything is built or compiled.
+  config_lib.validate(cfg)
   _load_stage_modules()
   missing = [s for s in cfg.pipeline if s not in STAGES]
   if missing:

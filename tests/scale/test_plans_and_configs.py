@@ -68,6 +68,14 @@ def test_launch_reports_bad_config_before_compiling(capsys):
   assert "grpo.group_size" in capsys.readouterr().err
 
 
+def test_execute_validates_like_the_command_line(tmp_path):
+  from rankjax import run
+  cfg = config_lib.override(config_lib.load(None), "grpo.group_size", "1")
+  with pytest.raises(config_lib.ConfigError, match="grpo.group_size"):
+    run.execute(cfg, tmp_path / "run")
+  assert not (tmp_path / "run").exists()  # nothing built or written
+
+
 def test_real_size_sharding_plans_on_8_devices():
   script = os.path.join(os.path.dirname(__file__), "plan_check.py")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
