@@ -293,6 +293,10 @@ def validate(cfg: Config) -> Config:
          "grpo.num_minibatches", "must divide num_prompts * group_size")
   _check(not cfg.grpo.reward_weights or len(cfg.grpo.reward_weights) == len(cfg.grpo.rewards),
          "grpo.reward_weights", "must have one weight per reward")
+  from rankjax.losses import DPO_LOSS_TYPES
+  unknown = [t for t in cfg.dpo.loss_type if t not in DPO_LOSS_TYPES]
+  _check(not unknown, "dpo.loss_type",
+         f"unknown {unknown}; expected names from {', '.join(DPO_LOSS_TYPES)}")
   _check(not cfg.dpo.loss_weights or len(cfg.dpo.loss_weights) == len(cfg.dpo.loss_type),
          "dpo.loss_weights", "must have one weight per loss type")
   _check(cfg.data.max_prompt_length <= cfg.data.max_length, "data.max_prompt_length",

@@ -126,11 +126,12 @@ def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: 
   per_reward = rewards_lib.score(rewards, inputs, reward_states)
   weights = s.reward_weights or tuple(r.weight for r in rewards)
   total, valid = rewards_lib.combine(per_reward, weights)
+
+  # 3. Advantages. A truncated completion keeps its reward in its group's
+  # statistics (as TRL's mask_truncated_completions); only its loss is masked.
+  adv, zero_std = advantages(total, valid, s)
   if s.mask_truncated:
     valid = valid & out.finished
-
-  # 3. Advantages.
-  adv, zero_std = advantages(total, valid, s)
   if s.mask_zero_std_groups:
     valid = valid & ~zero_std
   loss_mask = comp_mask & valid[:, None]

@@ -31,6 +31,9 @@ class PPOSettings:
   eos_ids: tuple[int, ...] = ()
   pad_id: int = 0
   temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
   num_epochs: int = 2
   num_minibatches: int = 2
   gamma: float = 1.0
@@ -71,8 +74,9 @@ def ppo_step(state: TrainState, critic: TrainState | None, batch: Mapping[str, j
   if rows % s.num_minibatches:
     raise ValueError(f"num_minibatches={s.num_minibatches} must divide the batch ({rows})")
   rng_sample, rng_perm = jax.random.split(jax.random.wrap_key_data(state.rng))
-  params = sampling.SamplingConfig(max_new_tokens=s.max_new_tokens,
-                                   temperature=s.temperature).row_params(rows)
+  params = sampling.SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                   top_k=s.top_k, top_p=s.top_p,
+                                   min_p=s.min_p).row_params(rows)
   out = jax.lax.stop_gradient(sampling.sample_loop(
       state.model(), prompt, pmask, params, rng_sample, num_samples=1,
       max_new_tokens=s.max_new_tokens, eos_ids=s.eos_ids, pad_id=s.pad_id))

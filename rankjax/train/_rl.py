@@ -234,7 +234,8 @@ def stage_ppo(run: run_lib.Run) -> None:
                                            seed=cfg.seed + 1)
   settings = PPOSettings(
       max_new_tokens=cfg.sample.max_new_tokens, eos_ids=tuple(tok.eos_ids), pad_id=tok.pad_id,
-      temperature=cfg.sample.temperature, num_epochs=p.num_epochs,
+      temperature=cfg.sample.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p,
+      min_p=cfg.sample.min_p, num_epochs=p.num_epochs,
       num_minibatches=p.num_minibatches, gamma=p.gamma, lam=p.lam, clip=p.clip,
       value_clip=p.value_clip, vf_coef=p.vf_coef, kl_estimator=p.kl_estimator,
       adaptive_kl_target=p.adaptive_kl_target, adaptive_kl_horizon=p.adaptive_kl_horizon,

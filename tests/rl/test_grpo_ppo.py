@@ -85,6 +85,25 @@ def test_all_nan_reward_skips_the_update():
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), before)
 
 
+def test_mask_truncated_masks_the_loss_only():
+  """No EOS can fire, so every completion is truncated: with
+  mask_truncated nothing is trained (and nothing non-finite is logged);
+  without it the same batch updates the policy."""
+  rws = [rewards.Reward("len", lambda x, _: jnp.sum(x.completion_tokens % 2, -1) * 1.0)]
+  moved = {}
+  for masked in (True, False):
+    state, sh, bsh = _state(_model())
+    before = jax.tree.map(np.asarray, state.params)
+    settings = _settings(eos_ids=(), mask_truncated=masked)
+    state, m = _jit(sh, bsh, rws, settings)(state, next(_batches()), [None])
+    assert float(m["truncated_fraction"]) == 1.0 and float(m["nonfinite"]) == 0.0
+    assert all(np.isfinite(float(v)) for v in m.values())
+    diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), state.params,
+                         before)
+    moved[masked] = max(jax.tree.leaves(diffs))
+  assert moved[True] == 0.0 and moved[False] > 0.0
+
+
 def test_raising_host_reward_names_the_reward():
   state, sh, bsh = _state(_model())
   bad = rewards.host_reward(lambda prompts, completions: 1 / 0, TOK, name="flaky_judge")
@@ -145,7 +164,7 @@ def test_grpo_raises_reward_on_its_prompts(sft_model):
   verifier reward of fresh samples climbs (held-out: the next test)."""
   state, sh, bsh = _state(sft_model, lr=1e-3)
   rws = [rewards.arithmetic_correct(TOK)]
-  step = _jit(sh, bsh, rws, _settings(group_size=8, num_minibatches=2))
+  step = _jit(sh, bsh, rws, _settings(group_size=8, num_minibatches=2, num_iterations=2))
   batches = _rl.PromptBatches(tasks.generate(TASK, "train", 32), TOK, 16, 8, seed=0)
   metrics = []
   for _ in range(30):

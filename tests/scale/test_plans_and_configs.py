@@ -58,6 +58,8 @@ def test_overrides_and_errors_name_the_key():
     config_lib.validate(config_lib.override(cfg, "data.batch_size", "0"))
   with pytest.raises(config_lib.ConfigError, match="'data.source': expected one of"):
     config_lib.validate(config_lib.override(cfg, "data.source", "csv"))
+  with pytest.raises(config_lib.ConfigError, match=r"'dpo.loss_type': unknown \['sigmoidd'\]"):
+    config_lib.validate(config_lib.override(cfg, "dpo.loss_type", "sigmoid,sigmoidd"))
   with pytest.raises(config_lib.ConfigError, match="unknown stage 'sfft'"):
     config_lib.validate(config_lib.override(cfg, "pipeline", "sfft"))
 
