@@ -17,7 +17,8 @@ in both systems: the share of a completion's tokens with an even id
 rankjax runs the real step (`train.grpo_step` jitted by `jit_rl_step`, state
 donated) in this process: a first (compiling) call, then `repeats` timed
 steps. The step is one compiled program, so its time split is measured by
-jitting its pieces apart and timing them on fixed samples in the same run:
+jitting its pieces apart and timing them on fixed samples, in alternation
+with the step (load from other processes then hits all of them alike):
   sample     `sampling.sample_loop` (prefill once, G samples, N decode steps)
   score      the reward, the weighted combination and the group advantages
   reference  the reference model's log-probs of the completions
@@ -50,6 +51,7 @@ import dataclasses
 import functools
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -286,8 +288,9 @@ def _peak_probe(n: int, found: list[float]):
 
 def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
                 peaks: list[float], export_dir: str | None = None) -> dict[str, Any]:
-  """The fused step, then its pieces; `export_dir` also receives the weights
-  as an HF checkpoint (for TRL)."""
+  """The fused step's first (compiling) call, then the step and its pieces
+  timed in alternation; `export_dir` also receives the weights as an HF
+  checkpoint (for TRL)."""
   model = random_model(cfg, args.seed)
   if export_dir:
     models.save_pretrained(model, export_dir)
@@ -312,17 +315,15 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
     holder["state"], metrics = step(holder["state"], batch, reward_states)
     return metrics
 
-  probe = _peak_probe(256 if args.tiny else 2048, peaks)
-  _common.log("rankjax: fused GRPO step (first call compiles)")
-  timings = _common.time_interleaved({"step": fused, "peak": probe}, args.repeats, verbose=True)
-  step_t = timings["step"]
-  metrics = {k: float(v) for k, v in step_t.first_output.items()}
+  _common.log("rankjax: fused GRPO step, first call (compiles)")
+  first_s, first_metrics = _common.timed(fused)
+  # Before the pieces compile and run: the fused step's own peak.
+  step_rss = own_peak_rss_mb()
+  metrics = {k: float(v) for k, v in first_metrics.items()}
   if metrics["completion_length"] != w.new_tokens or metrics["truncated_fraction"] != 1.0:
     raise RuntimeError(f"completions were not forced to {w.new_tokens} tokens: {metrics}")
-  step_rss = own_peak_rss_mb()
 
   # The pieces, each jitted apart, on the samples of one sampling call.
-  _common.log("rankjax: the step's pieces, jitted apart")
   sample_j = jax.jit(functools.partial(sample_piece, settings=settings))
   score_j = jax.jit(functools.partial(score_piece, settings=settings, rewards_=(reward,)))
   ref_j = jax.jit(functools.partial(reference_piece, prompt_len=w.prompt_len))
@@ -341,17 +342,25 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
     holder["state"], loss = update_j(holder["state"], data)
     return loss
 
-  fns = {"sample": lambda: sample_j(holder["state"], batch).tokens,
+  # The step, its pieces and the peak probe in alternation, so that load
+  # from other processes on a shared machine hits them alike.
+  _common.log("rankjax: the step and its pieces, in alternation")
+  fns = {"step": fused,
+         "sample": lambda: sample_j(holder["state"], batch).tokens,
          "score": lambda: score_j(batch, out, reward_states),
          "reference": lambda: ref_j(holder["state"], tokens, attn),
-         "update": update, "peak": probe}
+         "update": update,
+         "peak": _peak_probe(256 if args.tiny else 2048, peaks)}
   pieces = _common.time_interleaved(fns, args.repeats, verbose=True)
   pieces.pop("peak")
+  # The interleaved first call of the step was warm: keep the compiling one.
+  step_t = dataclasses.replace(pieces.pop("step"), first_s=first_s)
   return {
       "step": step_t.as_dict(),
       "seconds_per_step": step_t.median_s,
       "pieces": {name: t.as_dict() for name, t in pieces.items()},
       "split_s": {name: t.median_s for name, t in pieces.items()},
+      "split_cpu_s": {name: statistics.median(t.cpu_times_s) for name, t in pieces.items()},
       "pieces_sum_s": sum(t.median_s for t in pieces.values()),
       "peak_rss_mb": step_rss,
       "peak_rss_with_pieces_mb": own_peak_rss_mb(),
@@ -561,7 +570,9 @@ def report(r: dict[str, Any]) -> str:
            else f"TRL / rankjax: - (TRL {not_run})")
   fl = r["floor"]["floor"]
   split_rows = [["rankjax (pieces jitted apart)", *[rj["split_s"][p] for p in PIECES],
-                 rj["pieces_sum_s"], rj["seconds_per_step"]]]
+                 rj["pieces_sum_s"], rj["seconds_per_step"]],
+                ["rankjax, CPU s (all threads)", *[rj["split_cpu_s"][p] for p in PIECES],
+                 sum(rj["split_cpu_s"].values()), rj["step"]["cpu_median_s"]]]
   if trl:
     split_rows.append(["TRL (timed inside its step)", *[trl["split_s"][p] for p in PIECES],
                        sum(trl["split_s"].values()), trl["seconds_per_step"]])

@@ -41,6 +41,7 @@ def test_step_split_floor_and_memory_are_positive(result):
   assert _positive(rj["seconds_per_step"]) and rj["step"]["compile_s"] >= 0
   for piece in grpo.PIECES:
     assert _positive(rj["split_s"][piece]), piece
+    assert rj["split_cpu_s"][piece] >= 0, piece
   assert _positive(rj["pieces_sum_s"])
   assert _positive(rj["peak_rss_mb"])
   for kind in ("floor", "full_sequence"):
