@@ -39,8 +39,6 @@ class SamplingConfig:
   # Length buckets for prompts and completions: shapes repeat, so the jit
   # cache stays small.
   buckets: tuple[int, ...] = DEFAULT_BUCKETS
-  # Window of the lax.top_k fast path for top-k/top-p thresholds.
-  top_k_window: int = 64
   # Cap on prompt + completion; None = the model's max_position_embeddings.
   max_length: int | None = None
 
@@ -59,8 +57,6 @@ class SamplingConfig:
       raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
     if self.num_samples < 1:
       raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
-    if self.top_k_window < 1:
-      raise ValueError(f"top_k_window must be >= 1, got {self.top_k_window}")
 
   def row_params(self, rows: int) -> RowParams:
     full = lambda v, dt: jnp.full((rows,), v, dt)
@@ -116,14 +112,14 @@ def pad_prompts(prompts, vocab_size: int, *, pad_id: int, length: int | None = N
 
 
 @functools.partial(jax.jit, static_argnames=(
-    "graphdef", "num_samples", "max_new_tokens", "eos_ids", "pad_id", "window",
+    "graphdef", "num_samples", "max_new_tokens", "eos_ids", "pad_id",
     "repetition_penalty"))
 def _sample_jit(graphdef, state, tokens, mask, params, rng, *, num_samples,
-                max_new_tokens, eos_ids, pad_id, window, repetition_penalty):
+                max_new_tokens, eos_ids, pad_id, repetition_penalty):
   model = nnx.merge(graphdef, state)
   return sample_loop(model, tokens, mask, params, rng, num_samples=num_samples,
                      max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                     window=window, repetition_penalty=repetition_penalty)
+                     repetition_penalty=repetition_penalty)
 
 
 def generate(model: Transformer, prompts, config: SamplingConfig, rng=None,
@@ -165,6 +161,6 @@ def generate(model: Transformer, prompts, config: SamplingConfig, rng=None,
   out = _sample_jit(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), params, rng,
                     num_samples=g, max_new_tokens=n,
                     eos_ids=tuple(int(e) for e in config.eos_token_ids),
-                    pad_id=config.pad_token_id, window=config.top_k_window,
+                    pad_id=config.pad_token_id,
                     repetition_penalty=bool(np.any(np.asarray(params.repetition_penalty) != 1.0)))
   return jax.tree.map(lambda x: x[: b * g], out)

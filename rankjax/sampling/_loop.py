@@ -83,7 +83,7 @@ def _record(state: _State, t, tokens, raw_lp, proc_lp, params, eos_ids, pad_id):
 
 def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
                 params: RowParams, rng, *, num_samples: int, max_new_tokens: int,
-                eos_ids: tuple[int, ...], pad_id: int = 0, window: int = 64,
+                eos_ids: tuple[int, ...], pad_id: int = 0,
                 repetition_penalty: bool = False) -> SampleOutput:
   """Sample `num_samples` completions for each left-padded prompt.
 
@@ -119,7 +119,7 @@ def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
 
   def sample(state, logits, t):
     tok, raw_lp, proc_lp = sample_tokens(jax.random.fold_in(state.rng, t), logits,
-                                         state.seen, params, window=window)
+                                         state.seen, params)
     return _record(state, t, tok, raw_lp, proc_lp, params, eos_ids, pad_id)
 
   state = sample(state, logits, 0)

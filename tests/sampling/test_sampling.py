@@ -118,15 +118,15 @@ def _reference_distribution(logits, temperature, top_k, top_p, min_p):
   return np.exp(s - np.logaddexp.reduce(s))
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p,min_p,window", [
-    (0.7, 0, 1.0, 0.0, 64),      # temperature only
-    (1.0, 6, 1.0, 0.0, 64),      # top-k in the window
-    (1.0, 20, 1.0, 0.0, 8),      # top-k wider than the window: bisection fallback
-    (0.7, 0, 0.8, 0.0, 64),      # nucleus inside the window
-    (1.0, 0, 0.9, 0.0, 4),       # nucleus wider than the window: bisection fallback
-    (0.8, 10, 0.7, 0.2, 64),     # all combined, in transformers' order
+@pytest.mark.parametrize("temperature,top_k,top_p,min_p", [
+    (0.7, 0, 1.0, 0.0),      # temperature only
+    (1.0, 6, 1.0, 0.0),      # top-k
+    (1.0, 20, 1.0, 0.0),     # wide top-k
+    (0.7, 0, 0.8, 0.0),      # narrow nucleus
+    (1.0, 0, 0.9, 0.0),      # wide nucleus
+    (0.8, 10, 0.7, 0.2),     # all combined, in transformers' order
 ])
-def test_filtered_distribution_chi_square(temperature, top_k, top_p, min_p, window):
+def test_filtered_distribution_chi_square(temperature, top_k, top_p, min_p):
   model = testing.tiny_model("llama", seed=7, vocab_size=32)
   # Sharpen the tiny model's near-uniform logits so the filters bite.
   model.lm_head[...] = model.lm_head[...] * 20.0
@@ -135,7 +135,7 @@ def test_filtered_distribution_chi_square(temperature, top_k, top_p, min_p, wind
   want = _reference_distribution(logits, temperature, top_k, top_p, min_p)
   n = 8192
   cfg = sampling.SamplingConfig(max_new_tokens=1, temperature=temperature, top_k=top_k,
-                                top_p=top_p, min_p=min_p, num_samples=n, top_k_window=window)
+                                top_p=top_p, min_p=min_p, num_samples=n)
   out = sampling.generate(model, [prompt], cfg, rng=jax.random.key(1))
   counts = np.bincount(np.asarray(out.tokens[:, 0]), minlength=32)
   assert counts[want == 0].sum() == 0, "sampled a filtered-out token"
@@ -163,9 +163,8 @@ def _kept_by_sorting(x, top_k, top_p):
   return keep
 
 
-@pytest.mark.parametrize("window", [4, 64])
-def test_filter_thresholds_exact_with_ties(window):
-  """Window and bisection paths keep exactly the sort-based token sets, on
+def test_filter_thresholds_exact_with_ties():
+  """The bisection thresholds keep exactly the sort-based token sets, on
   rows with many ties, top-k wider than the vocabulary, and mixed rows."""
   rng = np.random.default_rng(0)
   rows, vocab = 48, 97
@@ -178,7 +177,7 @@ def test_filter_thresholds_exact_with_ties(window):
                      top_p=jnp.asarray(top_p, jnp.float32), min_p=jnp.zeros(rows),
                      repetition_penalty=jnp.ones(rows),
                      max_new_tokens=jnp.ones(rows, jnp.int32))
-  kept = np.asarray(filter_logits(jnp.asarray(x), params, window=window)) > -1e29
+  kept = np.asarray(filter_logits(jnp.asarray(x), params)) > -1e29
   for r in range(rows):
     want = _kept_by_sorting(x[r], int(top_k[r]), float(top_p[r]))
     np.testing.assert_array_equal(kept[r], want, err_msg=f"row {r}: k={top_k[r]} p={top_p[r]}")
