@@ -235,3 +235,12 @@ def add_common_args(parser) -> None:
                       help="threads for XLA and torch (default: os.cpu_count())")
   parser.add_argument("--json", dest="json_path", default=None,
                       help="also write the JSON result to this path")
+
+
+def check_targets(fractions: Mapping[str, float],
+                  targets: Sequence[tuple[str, float, str]]) -> dict[str, dict[str, Any]]:
+  """{key: measured, target, what, pass} for each (key, minimum, what) in
+  `targets` whose fraction was measured."""
+  return {key: {"measured": fractions[key], "target": minimum, "what": what,
+                "pass": bool(fractions[key] >= minimum)}
+          for key, minimum, what in targets if key in fractions}

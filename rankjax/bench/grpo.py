@@ -542,12 +542,6 @@ def fractions(r: dict[str, Any]) -> dict[str, float]:
   return f
 
 
-def check_targets(f: dict[str, float]) -> dict[str, dict[str, Any]]:
-  return {key: {"measured": f[key], "target": minimum, "what": what,
-                "pass": bool(f[key] >= minimum)}
-          for key, minimum, what in TARGETS if key in f}
-
-
 def report(r: dict[str, Any]) -> str:
   w, m, rj, trl = r["workload"], r["machine"], r["rankjax"], r.get("trl")
   head = (f"grpo benchmark: {r['model']['params_m']:.1f}M params "
@@ -635,7 +629,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "floor": floors(step_flops(cfg, w), peak),
   }
   result["fractions"] = fractions(result)
-  result["targets"] = check_targets(result["fractions"])
+  result["targets"] = _common.check_targets(result["fractions"], TARGETS)
   print(report(result))
   _common.emit_json(result, args.json_path)
   return result

@@ -385,12 +385,6 @@ def fractions(modes: dict, bare: dict | None, floors: dict) -> dict[str, float]:
   return f
 
 
-def check_targets(f: dict[str, float]) -> dict[str, dict[str, Any]]:
-  return {key: {"measured": f[key], "target": minimum, "what": what,
-                "pass": bool(f[key] >= minimum)}
-          for key, minimum, what in TARGETS if key in f}
-
-
 # ---------------------------------------------------------------------------
 # Report.
 # ---------------------------------------------------------------------------
@@ -522,7 +516,7 @@ def main(argv=None) -> dict[str, Any]:
     result["greedy_prefix_agreement"] = prefix_agreement(
         tokens["greedy"]["rankjax"], tokens["greedy"]["transformers"])
   result["fractions"] = fractions(modes, bare_res, floors)
-  result["targets"] = check_targets(result["fractions"])
+  result["targets"] = _common.check_targets(result["fractions"], TARGETS)
   print(report(result))
   _common.emit_json(result, args.json_path)
   return result
