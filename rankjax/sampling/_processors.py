@@ -117,10 +117,8 @@ def filter_logits(logits_rv, params: RowParams):
   """
   temp = jnp.where(params.temperature > 0, params.temperature, 1.0)
   scaled = logits_rv.astype(jnp.float32) / temp[:, None]
-  # Greedy rows and plain temperature sampling need no order statistics.
-  filtered_rows = (params.temperature > 0) & ((params.top_k > 0) | (params.top_p < 1.0))
-  thresh = jax.lax.cond(jnp.any(filtered_rows), lambda _: exact_thresholds(scaled, params),
-                        lambda _: jnp.full(scaled.shape[:1], _NEG), None)
+  # Each bisection runs only when some row has its filter on.
+  thresh = exact_thresholds(scaled, params)
   # min-p: prob >= min_p * max prob  <=>  logit >= max + log(min_p).
   min_p_thresh = jnp.where(params.min_p > 0,
                            jnp.max(scaled, axis=-1) + jnp.log(jnp.maximum(params.min_p, 1e-30)),
