@@ -29,20 +29,13 @@ import jax.numpy as jnp
 from rankjax import losses, rewards as rewards_lib, sampling
 from rankjax.models import default_positions
 from rankjax.train._state import TrainState
-from rankjax.train._steps import apply_grads
+from rankjax.train._steps import RolloutSettings, apply_grads
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPOSettings:
+class GRPOSettings(RolloutSettings):
   """Static settings of the step (hashable: bound before jit)."""
   group_size: int = 8
-  max_new_tokens: int = 16
-  eos_ids: tuple[int, ...] = ()
-  pad_id: int = 0
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  min_p: float = 0.0
   num_iterations: int = 1
   num_minibatches: int = 1
   beta: float = 0.0
@@ -56,11 +49,6 @@ class GRPOSettings:
   mask_zero_std_groups: bool = False
   mask_truncated: bool = False
   reward_weights: tuple[float, ...] = ()
-
-  def row_params(self, rows: int) -> sampling.RowParams:
-    return sampling.SamplingConfig(
-        max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-        top_p=self.top_p, min_p=self.min_p).row_params(rows)
 
 
 def check_settings(s: GRPOSettings, batch_size: int) -> None:

@@ -22,18 +22,11 @@ import jax.numpy as jnp
 from rankjax import losses, rewards as rewards_lib, sampling
 from rankjax.models import default_positions
 from rankjax.train._state import TrainState
-from rankjax.train._steps import apply_grads
+from rankjax.train._steps import RolloutSettings, apply_grads
 
 
 @dataclasses.dataclass(frozen=True)
-class PPOSettings:
-  max_new_tokens: int = 16
-  eos_ids: tuple[int, ...] = ()
-  pad_id: int = 0
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  min_p: float = 0.0
+class PPOSettings(RolloutSettings):
   num_epochs: int = 2
   num_minibatches: int = 2
   gamma: float = 1.0
@@ -74,9 +67,7 @@ def ppo_step(state: TrainState, critic: TrainState | None, batch: Mapping[str, j
   if rows % s.num_minibatches:
     raise ValueError(f"num_minibatches={s.num_minibatches} must divide the batch ({rows})")
   rng_sample, rng_perm = jax.random.split(jax.random.wrap_key_data(state.rng))
-  params = sampling.SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                                   top_k=s.top_k, top_p=s.top_p,
-                                   min_p=s.min_p).row_params(rows)
+  params = s.row_params(rows)
   out = jax.lax.stop_gradient(sampling.sample_loop(
       state.model(), prompt, pmask, params, rng_sample, num_samples=1,
       max_new_tokens=s.max_new_tokens, eos_ids=s.eos_ids, pad_id=s.pad_id))

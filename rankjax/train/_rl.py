@@ -158,11 +158,10 @@ def _stage_optim(cfg, learning_rate: float):
 
 
 def grpo_settings(cfg, tok) -> GRPOSettings:
-  g, smp = cfg.grpo, cfg.sample
+  g = cfg.grpo
   return GRPOSettings(
-      group_size=g.group_size, max_new_tokens=smp.max_new_tokens, eos_ids=tuple(tok.eos_ids),
-      pad_id=tok.pad_id, temperature=smp.temperature, top_k=smp.top_k, top_p=smp.top_p,
-      min_p=smp.min_p, num_iterations=g.num_iterations, num_minibatches=g.num_minibatches,
+      **GRPOSettings.rollout_fields(cfg, tok), group_size=g.group_size,
+      num_iterations=g.num_iterations, num_minibatches=g.num_minibatches,
       beta=g.beta, eps_low=g.eps_low, eps_high=g.eps_high, advantage=g.advantage,
       scale_rewards=g.scale_rewards, std_eps=g.std_eps, ratio_level=g.ratio_level,
       aggregation=g.aggregation, mask_zero_std_groups=g.mask_zero_std_groups,
@@ -233,9 +232,7 @@ def stage_ppo(run: run_lib.Run) -> None:
                                            make_optimizer(optim, updates), mesh,
                                            seed=cfg.seed + 1)
   settings = PPOSettings(
-      max_new_tokens=cfg.sample.max_new_tokens, eos_ids=tuple(tok.eos_ids), pad_id=tok.pad_id,
-      temperature=cfg.sample.temperature, top_k=cfg.sample.top_k, top_p=cfg.sample.top_p,
-      min_p=cfg.sample.min_p, num_epochs=p.num_epochs,
+      **PPOSettings.rollout_fields(cfg, tok), num_epochs=p.num_epochs,
       num_minibatches=p.num_minibatches, gamma=p.gamma, lam=p.lam, clip=p.clip,
       value_clip=p.value_clip, vf_coef=p.vf_coef, kl_estimator=p.kl_estimator,
       adaptive_kl_target=p.adaptive_kl_target, adaptive_kl_horizon=p.adaptive_kl_horizon,

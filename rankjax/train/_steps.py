@@ -23,6 +23,7 @@ per-micro-batch host round trip. Per-micro-batch metrics are averaged.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Mapping
 
@@ -30,9 +31,35 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rankjax import losses
+from rankjax import losses, sampling
 from rankjax.train._optim import global_norm
 from rankjax.train._state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSettings:
+  """How an RL step samples its rollouts (the fields GRPO and PPO share;
+  static, hashable settings bound before jit)."""
+  max_new_tokens: int = 16
+  eos_ids: tuple[int, ...] = ()
+  pad_id: int = 0
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+
+  @classmethod
+  def rollout_fields(cls, cfg, tok) -> dict:
+    """These fields from a run's `sample` config section and tokenizer."""
+    smp = cfg.sample
+    return dict(max_new_tokens=smp.max_new_tokens, eos_ids=tuple(tok.eos_ids),
+                pad_id=tok.pad_id, temperature=smp.temperature, top_k=smp.top_k,
+                top_p=smp.top_p, min_p=smp.min_p)
+
+  def row_params(self, rows: int) -> sampling.RowParams:
+    return sampling.SamplingConfig(
+        max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+        top_p=self.top_p, min_p=self.min_p).row_params(rows)
 
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
