@@ -289,8 +289,8 @@ def validate(cfg: Config) -> Config:
          f"must divide model.num_heads ({cfg.model.num_heads})")
   _check(cfg.grpo.group_size >= 2 or "grpo" not in cfg.pipeline, "grpo.group_size",
          "GRPO needs at least 2 completions per prompt")
-  _check(cfg.grpo.num_prompts * cfg.grpo.group_size % cfg.grpo.num_minibatches == 0,
-         "grpo.num_minibatches", "must divide num_prompts * group_size")
+  _check(cfg.grpo.num_prompts % cfg.grpo.num_minibatches == 0,
+         "grpo.num_minibatches", "must divide num_prompts (a minibatch holds whole groups)")
   _check(not cfg.grpo.reward_weights or len(cfg.grpo.reward_weights) == len(cfg.grpo.rewards),
          "grpo.reward_weights", "must have one weight per reward")
   from rankjax.losses import DPO_LOSS_TYPES

@@ -40,8 +40,9 @@ load from other processes hits both alike; its best). N = matmul parameters
 (every projection and the LM head). The tokens are the B·G·N completion
 tokens (the trained ones: those whose log-probs enter the loss). The JSON
 also holds a full-sequence floor that charges the layers for the prompt
-positions the forward passes also run (the LM head only for completions)
-and the prefill; attention score FLOPs (~1.5% at 96 positions) are left out.
+positions the forward passes also run (each prompt once per group, as
+`grouped_hidden_states` runs them; the LM head only for completions) and
+the prefill; attention score FLOPs (~1.5% at 96 positions) are left out.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def step_flops(cfg: models.ModelConfig, w: Workload) -> dict[str, dict[str, floa
   head = cfg.hidden_size * cfg.vocab_size
   layers = n - head
   c, rows = w.completion_tokens, w.rows
-  seq_layers = layers * rows * (w.prompt_len + w.new_tokens) + head * c
+  # The forward runs each prompt once per group (`grouped_hidden_states`).
+  seq_layers = layers * (w.batch * w.prompt_len + rows * w.new_tokens) + head * c
   floor = {"sample": 2 * n * c, "score": 0.0, "reference": 2 * n * c if BETA else 0.0,
            "update": 6 * n * c * NUM_ITERATIONS}
   full = {"sample": 2 * n * c + 2 * layers * w.batch * w.prompt_len, "score": 0.0,
@@ -227,42 +229,18 @@ def score_piece(batch, out: sampling.SampleOutput, reward_states, *,
   return adv, valid
 
 
-def sequences(batch, out: sampling.SampleOutput, g: int):
-  """Prompt ++ completion tokens and attention mask, as the step builds them."""
-  tokens = jnp.concatenate([jnp.repeat(batch["prompt_tokens"], g, axis=0), out.tokens], axis=1)
-  attn = jnp.concatenate([jnp.repeat(batch["prompt_mask"].astype(bool), g, axis=0), out.mask],
-                         axis=1)
-  return tokens, attn
-
-
-def reference_piece(state, tokens, attn, *, prompt_len: int):
+def reference_piece(state, batch, out: sampling.SampleOutput):
   """The β > 0 part of `grpo_step`: the reference's completion log-probs."""
-  return _grpo.completion_logps(state.ref_model(), tokens, attn, prompt_len)
+  return _grpo.completion_logps(state.ref_model(), batch["prompt_tokens"],
+                                batch["prompt_mask"].astype(bool), out.tokens, out.mask)
 
 
-def update_piece(state, data, *, settings: _grpo.GRPOSettings, prompt_len: int):
-  """Step 4 of `grpo_step` on fixed samples: the same loss, minibatch order
-  and optimizer calls (`data`: tokens, attn, mask, old, adv, ref)."""
-  s, rows = settings, data["tokens"].shape[0]
-  keys = jax.random.split(jax.random.wrap_key_data(state.rng), s.num_iterations)
-  order = jnp.stack([jax.random.permutation(k, rows) for k in keys]).reshape(
-      s.num_iterations * s.num_minibatches, rows // s.num_minibatches)
-  active = jnp.maximum(jnp.sum(data["mask"]), 1) / s.num_minibatches
-
-  def loss_fn(params, mb):
-    logp = _grpo.completion_logps(state.model(params), mb["tokens"], mb["attn"], prompt_len)
-    return losses.policy_gradient_loss(
-        logp, mb["old"], mb["adv"], mb["mask"], eps_low=s.eps_low, eps_high=s.eps_high,
-        ratio_level=s.ratio_level, aggregation=s.aggregation,
-        max_completion_length=s.max_new_tokens, num_active_tokens_global=active,
-        ref_logp_bt=mb["ref"], beta=s.beta)
-
-  def one(st, idx):
-    mb = jax.tree.map(lambda x: x[idx], data)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params, mb)
-    return train.apply_grads(st, loss, metrics, grads)
-
-  new_state, metrics = jax.lax.scan(one, state, order)
+def update_piece(state, data, *, settings: _grpo.GRPOSettings):
+  """Step 4 of `grpo_step` on fixed samples (`data` as `policy_updates`
+  takes it): the same minibatch order, loss and optimizer calls."""
+  order = _grpo.minibatch_order(jax.random.wrap_key_data(state.rng),
+                                data["prompt"].shape[0], settings)
+  new_state, metrics = _grpo.policy_updates(state, data, order, settings=settings)
   return new_state, jnp.mean(metrics["loss"])
 
 
@@ -326,17 +304,16 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
   # The pieces, each jitted apart, on the samples of one sampling call.
   sample_j = jax.jit(functools.partial(sample_piece, settings=settings))
   score_j = jax.jit(functools.partial(score_piece, settings=settings, rewards_=(reward,)))
-  ref_j = jax.jit(functools.partial(reference_piece, prompt_len=w.prompt_len))
-  update_j = jax.jit(functools.partial(update_piece, settings=settings,
-                                       prompt_len=w.prompt_len),
+  ref_j = jax.jit(reference_piece)
+  update_j = jax.jit(functools.partial(update_piece, settings=settings),
                      in_shardings=(state_sh, None), out_shardings=(state_sh, rep),
                      donate_argnums=0)
   out = sample_j(holder["state"], batch)
   adv, valid = score_j(batch, out, reward_states)
-  tokens, attn = jax.jit(functools.partial(sequences, g=w.group))(batch, out)
-  ref = ref_j(holder["state"], tokens, attn)
-  data = dict(tokens=tokens, attn=attn, mask=out.mask & valid[:, None], old=out.logprobs,
-              adv=adv, ref=ref)
+  ref = ref_j(holder["state"], batch, out)
+  data = dict(prompt=batch["prompt_tokens"], prompt_mask=batch["prompt_mask"].astype(bool),
+              completion=out.tokens, completion_mask=out.mask,
+              loss_mask=out.mask & valid[:, None], old=out.logprobs, adv=adv, ref=ref)
 
   def update():
     holder["state"], loss = update_j(holder["state"], data)
@@ -348,7 +325,7 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
   fns = {"step": fused,
          "sample": lambda: sample_j(holder["state"], batch).tokens,
          "score": lambda: score_j(batch, out, reward_states),
-         "reference": lambda: ref_j(holder["state"], tokens, attn),
+         "reference": lambda: ref_j(holder["state"], batch, out),
          "update": update,
          "peak": _peak_probe(256 if args.tiny else 2048, peaks)}
   pieces = _common.time_interleaved(fns, args.repeats, verbose=True)

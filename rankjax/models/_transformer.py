@@ -139,6 +139,36 @@ def causal_attention(q_btnh, k_bskh, v_bskh, mask_bts, block: int = _QUERY_BLOCK
                  mask_bts[:, i:i + block, :i + block]) for i in range(0, t, block)], axis=1)
 
 
+def grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
+                      prefix_mask_bs, mask_rtt):
+  """Attention of R = B·G continuations over their shared prefix and
+  themselves, the prefix keys/values never copied G times.
+
+  Continuation r of prefix r // G sees every real prefix slot
+  (`prefix_mask_bs`) and its own tokens under `mask_rtt` (causal & real).
+  Equal to `attention` over [repeat(prefix, G) ++ continuation] keys: one
+  softmax over both key sets, in float32. Here Q = N / K query heads per kv
+  head, G continuations per prefix.
+  """
+  r, t, n, h = q_rtnh.shape
+  b, s, kh, _ = k_prefix_bskh.shape
+  g, qg = r // b, n // kh
+  q = q_rtnh.reshape(b, g, t, kh, qg, h)
+  k_own, v_own = k_rtkh.reshape(b, g, t, kh, h), v_rtkh.reshape(b, g, t, kh, h)
+  scale = h ** -0.5
+  s_prefix = jnp.einsum("BGTKQH,BSKH->BGKQTS", q, k_prefix_bskh,
+                        preferred_element_type=jnp.float32) * scale
+  s_own = jnp.einsum("BGTKQH,BGSKH->BGKQTS", q, k_own,
+                     preferred_element_type=jnp.float32) * scale
+  s_prefix = jnp.where(prefix_mask_bs[:, None, None, None, None, :], s_prefix, _MASK_VALUE)
+  s_own = jnp.where(mask_rtt.reshape(b, g, 1, 1, t, t), s_own, _MASK_VALUE)
+  probs = jax.nn.softmax(jnp.concatenate([s_prefix, s_own], axis=-1), axis=-1)
+  probs = probs.astype(v_rtkh.dtype)
+  out = (jnp.einsum("BGKQTS,BSKH->BGTKQH", probs[..., :s], v_prefix_bskh)
+         + jnp.einsum("BGKQTS,BGSKH->BGTKQH", probs[..., s:], v_own))
+  return out.reshape(r, t, n, h)
+
+
 def _proj(spec, x, w, name):
   """`einsum(spec, x, w[name])`, plus the LoRA term (x·A)·B when `w` holds
   `<name>_lora_a/_lora_b` (see models/_lora.py; B comes pre-scaled).
@@ -187,6 +217,26 @@ def block(x_btd, w, *, cfg: ModelConfig, sin, cos, mask_bts):
   """One layer over the tokens in hand (no cache; the mask is causal)."""
   q, k, v = _qkv(x_btd, w, cfg, sin, cos)
   return _finish_block(x_btd, causal_attention(q, k, v, mask_bts), w, cfg)
+
+
+def grouped_block(x_1md, w, *, cfg: ModelConfig, sin, cos, prefix_shape, masks):
+  """One layer over a flat stream of M = B·P prefix + R·T continuation
+  tokens: every per-token piece (norms, projections, MLP) runs as one [M, D]
+  matmul; only attention splits the stream (see `grouped_attention`)."""
+  b, p = prefix_shape
+  prefix_mask_bpp, prefix_mask_bs, mask_rtt = masks
+  r, t = mask_rtt.shape[:2]
+  q, k, v = _qkv(x_1md, w, cfg, sin, cos)
+
+  def split(x):
+    return x[0, :b * p].reshape(b, p, *x.shape[2:]), x[0, b * p:].reshape(r, t, *x.shape[2:])
+
+  (qp, qs), (kp, ks), (vp, vs) = split(q), split(k), split(v)
+  attn_p = causal_attention(qp, kp, vp, prefix_mask_bpp)
+  attn_s = grouped_attention(qs, kp, vp, ks, vs, prefix_mask_bs, mask_rtt)
+  attn = jnp.concatenate([attn_p.reshape(1, b * p, *attn_p.shape[2:]),
+                          attn_s.reshape(1, r * t, *attn_s.shape[2:])], axis=1)
+  return _finish_block(x_1md, attn, w, cfg)
 
 
 def cached_block(x_btd, w, cache_k, cache_v, layer, *, cfg: ModelConfig, sin,
@@ -348,6 +398,46 @@ class Transformer(nnx.Module):
 
     x, _ = jax.lax.scan(body, self._embed(tokens_bt), self.layers.weights(self._dtype))
     return rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)
+
+  def grouped_hidden_states(self, prefix_bp, prefix_mask_bp, suffix_rt, suffix_mask_rt):
+    """Hidden states of G = R / B continuations of each prefix, each prefix
+    run once (a GRPO group's prompt, shared by its G completions).
+
+    Equal to `hidden_states` on [repeat(prefix, G) ++ suffix] under the mask
+    [repeat(prefix_mask, G) ++ suffix_mask], but the layers run on B·P + R·T
+    positions instead of R·(P + T); in the backward the group's gradients
+    through the shared prefix keys/values are summed.
+    prefix: [B, P] left-padded (every row holds a real token);
+    suffix: [R, T], continuation r of prefix r // G, real tokens first.
+    Returns (prefix hidden [B, P, D], suffix hidden [R, T, D]), final-normed.
+    """
+    cfg = self.config
+    (b, p), (r, t) = prefix_bp.shape, suffix_rt.shape
+    if r % b:
+      raise ValueError(f"{r} continuations do not split into groups of {b} prefixes")
+    g = r // b
+    pmask, smask = prefix_mask_bp.astype(bool), suffix_mask_rt.astype(bool)
+    # The positions `default_positions` gives the concatenated rows.
+    prefix_pos = default_positions(pmask)
+    lengths = jnp.repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32), g)
+    suffix_pos = jnp.maximum(lengths[:, None] + jnp.cumsum(smask, axis=1, dtype=jnp.int32) - 1, 0)
+    causal_p = jnp.arange(p)[:, None] >= jnp.arange(p)[None]
+    causal_t = jnp.arange(t)[:, None] >= jnp.arange(t)[None]
+    masks = (causal_p[None] & pmask[:, None, :], pmask, causal_t[None] & smask[:, None, :])
+    positions = jnp.concatenate([prefix_pos.reshape(1, -1), suffix_pos.reshape(1, -1)], 1)
+    sin, cos = self._sin_cos(positions)
+    step = functools.partial(grouped_block, cfg=cfg, sin=sin, cos=cos, prefix_shape=(b, p),
+                             masks=masks)
+    if cfg.remat:
+      step = jax.checkpoint(step)
+
+    def body(x, w):
+      return step(x, w), None
+
+    tokens = jnp.concatenate([prefix_bp.reshape(1, -1), suffix_rt.reshape(1, -1)], 1)
+    x, _ = jax.lax.scan(body, self._embed(tokens), self.layers.weights(self._dtype))
+    x = rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)
+    return x[0, :b * p].reshape(b, p, -1), x[0, b * p:].reshape(r, t, -1)
 
   def __call__(self, tokens_bt, *, positions=None, segment_ids=None,
                attention_mask=None):

@@ -27,9 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from rankjax import losses, rewards as rewards_lib, sampling
-from rankjax.models import default_positions
 from rankjax.train._state import TrainState
-from rankjax.train._steps import RolloutSettings, apply_grads
+from rankjax.train._steps import RolloutSettings, apply_grads, token_logps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +54,9 @@ def check_settings(s: GRPOSettings, batch_size: int) -> None:
   """Raises ValueError before anything compiles."""
   if s.group_size < 2:
     raise ValueError(f"GRPO needs group_size >= 2 (a group baseline), got {s.group_size}")
-  rows = batch_size * s.group_size
-  if rows % s.num_minibatches:
-    raise ValueError(f"num_minibatches={s.num_minibatches} must divide B*G = {rows}")
+  if batch_size % s.num_minibatches:
+    raise ValueError(f"num_minibatches={s.num_minibatches} must divide the {batch_size} "
+                     f"prompts B (a minibatch holds whole groups)")
   if s.advantage not in ("grpo", "rloo", "reinforce_pp"):
     raise ValueError(f"advantage {s.advantage!r}: one of grpo, rloo, reinforce_pp")
 
@@ -77,13 +76,59 @@ def advantages(rewards_r, valid_r, s: GRPOSettings):
   return adv, zero_std
 
 
-def completion_logps(model, tokens_rs, attn_rs, prompt_len: int):
-  """log π of each completion token: [R, N] (float32)."""
-  positions = default_positions(attn_rs)
-  hidden = model.hidden_states(tokens_rs, positions=positions, attention_mask=attn_rs)
-  # Only the positions that predict completion tokens reach the LM head.
-  logits = model.logits(hidden[:, prompt_len - 1: -1])
-  return losses.token_logprobs(logits, tokens_rs[:, prompt_len:])
+def completion_logps(model, prompt_bp, prompt_mask_bp, completion_rn, completion_mask_rn):
+  """log π of each completion token: [R, N] (float32).
+
+  Each prompt runs once for its group of G = R / B completions
+  (`grouped_hidden_states`): the layers see B·P + R·N positions, not R·(P + N).
+  """
+  g = completion_rn.shape[0] // prompt_bp.shape[0]
+  # The completion's last token predicts nothing that is scored.
+  prompt_h, comp_h = model.grouped_hidden_states(prompt_bp, prompt_mask_bp, completion_rn[:, :-1],
+                                                 completion_mask_rn[:, :-1])
+  # The prompt's last position predicts the first completion token.
+  hidden = jnp.concatenate([jnp.repeat(prompt_h[:, -1:], g, axis=0), comp_h], axis=1)
+  return token_logps(model.logits(hidden), completion_rn)
+
+
+def minibatch_order(rng, num_prompts: int, s: GRPOSettings):
+  """i32[μ·m, B/m]: the prompts of each minibatch, a fresh permutation per
+  pass. Minibatches hold whole groups, so each prompt runs once per
+  minibatch for all its G completions."""
+  perms = jnp.stack([jax.random.permutation(k, num_prompts)
+                     for k in jax.random.split(rng, s.num_iterations)])
+  return perms.reshape(s.num_iterations * s.num_minibatches, num_prompts // s.num_minibatches)
+
+
+def policy_updates(state: TrainState, data: Mapping[str, jax.Array], order, *,
+                   settings: GRPOSettings, skip=False):
+  """Step 4: one clipped-surrogate update per row of `order` under `lax.scan`.
+
+  data: `prompt`, `prompt_mask` [B, P]; `completion`, `completion_mask`
+  (attention), `loss_mask`, `old` [R, N]; `adv` [R]; `ref` [R, N] when β > 0.
+  Returns (state, per-update metrics).
+  """
+  s, g = settings, settings.group_size
+  # DAPO normalises by the active tokens of the whole batch; each of the m
+  # minibatches carries 1/m of it.
+  active = jnp.maximum(jnp.sum(data["loss_mask"]), 1) / s.num_minibatches
+
+  def loss_fn(params, mb):
+    logp = completion_logps(state.model(params), mb["prompt"], mb["prompt_mask"],
+                            mb["completion"], mb["completion_mask"])
+    return losses.policy_gradient_loss(
+        logp, mb["old"], mb["adv"], mb["loss_mask"], eps_low=s.eps_low, eps_high=s.eps_high,
+        ratio_level=s.ratio_level, aggregation=s.aggregation,
+        max_completion_length=s.max_new_tokens, num_active_tokens_global=active,
+        ref_logp_bt=mb.get("ref"), beta=s.beta)
+
+  def update(st, prompts):
+    rows = (prompts[:, None] * g + jnp.arange(g)).reshape(-1)
+    mb = {k: v[prompts] if k.startswith("prompt") else v[rows] for k, v in data.items()}
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params, mb)
+    return apply_grads(st, loss, metrics, grads, skip=skip)
+
+  return jax.lax.scan(update, state, order)
 
 
 def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: Sequence,
@@ -122,43 +167,19 @@ def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: 
     valid = valid & out.finished
   if s.mask_zero_std_groups:
     valid = valid & ~zero_std
-  loss_mask = comp_mask & valid[:, None]
-  tokens = jnp.concatenate([prompt_r, out.tokens], axis=1)
-  attn = jnp.concatenate([pmask_r, comp_mask], axis=1)
-  ref_logp = None
+  data = dict(prompt=prompt, prompt_mask=pmask, completion=out.tokens,
+              completion_mask=comp_mask, loss_mask=comp_mask & valid[:, None],
+              old=out.logprobs, adv=adv)
   if s.beta:
-    ref_logp = jax.lax.stop_gradient(completion_logps(state.ref_model(), tokens, attn, p))
+    data["ref"] = jax.lax.stop_gradient(completion_logps(
+        state.ref_model(), prompt, pmask, out.tokens, comp_mask))
 
-  # 4. μ passes of minibatch updates, on device.
-  m = s.num_minibatches
-  data = dict(tokens=tokens, attn=attn, mask=loss_mask, old=out.logprobs, adv=adv)
-  if ref_logp is not None:
-    data["ref"] = ref_logp
-  perms = jnp.stack([jax.random.permutation(k, rows) for k in
-                     jax.random.split(rng_perm, s.num_iterations)])
-  order = perms.reshape(s.num_iterations * m, rows // m)
-  # DAPO normalises by the active tokens of the whole batch; each of the m
-  # minibatches carries 1/m of it.
-  active = jnp.maximum(jnp.sum(loss_mask), 1) / m
-
-  def loss_fn(params, mb):
-    logp = completion_logps(state.model(params), mb["tokens"], mb["attn"], p)
-    return losses.policy_gradient_loss(
-        logp, mb["old"], mb["adv"], mb["mask"], eps_low=s.eps_low, eps_high=s.eps_high,
-        ratio_level=s.ratio_level, aggregation=s.aggregation,
-        max_completion_length=s.max_new_tokens, num_active_tokens_global=active,
-        ref_logp_bt=mb.get("ref"), beta=s.beta)
-
+  # 4. μ passes of minibatch updates, on device. No sample any reward
+  # applies to: skip them (params and optimizer state untouched; reported
+  # as `skipped_no_reward`, not as non-finite).
   any_valid = jnp.any(valid)
-
-  def update(st, idx):
-    mb = jax.tree.map(lambda x: x[idx], data)
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params, mb)
-    # No sample any reward applies to: skip the update (params and optimizer
-    # state untouched; reported as `skipped_no_reward`, not as non-finite).
-    return apply_grads(st, loss, metrics, grads, skip=~any_valid)
-
-  new_state, update_metrics = jax.lax.scan(update, state, order)
+  new_state, update_metrics = policy_updates(state, data, minibatch_order(rng_perm, b, s),
+                                             settings=s, skip=~any_valid)
   lengths = out.lengths.astype(jnp.float32)
   metrics = {k: jnp.mean(v) for k, v in update_metrics.items()}
   metrics.update({
