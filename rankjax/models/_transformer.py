@@ -173,20 +173,25 @@ def _proj(spec, x, w, name):
   """`einsum(spec, x, w[name])`, plus the LoRA term (x·A)·B when `w` holds
   `<name>_lora_a/_lora_b` (see models/_lora.py; B comes pre-scaled).
 
+  Every projection contracts x's trailing axes with w's leading ones, so it
+  runs as ONE 2-D matmul over all rows of x: [rows, in] @ [in, out]. On
+  XLA CPU the 3-D einsum's backward transposed [B·T, F] activations and fed
+  both-transposed operands to the weight-gradient dot (SwiGLU MLP forward +
+  backward 430 ms -> 260 ms at 4288 rows of the bench model).
+
   The low-rank path costs 2·r·(in + out) extra FLOPs per token and keeps
   the frozen W out of the gradient; merging W + A·B per forward would be
   exact too but needs a full-size transient weight and weight gradient.
   """
-  y = jnp.einsum(spec, x, w[name])
-  if name + "_lora_a" not in w:
-    return y
   x_axes, w_axes = spec.split("->")[0].split(",")
-  w_in = "".join(c for c in w_axes if c in x_axes)     # contracted axes
-  w_out = "".join(c for c in w_axes if c not in x_axes)
-  low = "".join(c for c in x_axes if c not in w_in) + "R"  # R: LoRA rank
-  xa = jnp.einsum(f"{x_axes},{w_in}R->{low}", x, w[name + "_lora_a"])
-  return y + jnp.einsum(f"{low},R{w_out}->{spec.split('->')[1]}", xa,
-                        w[name + "_lora_b"])
+  n_in = sum(c in x_axes for c in w_axes)
+  lead, out = x.shape[:x.ndim - n_in], w[name].shape[n_in:]
+  rows = x.reshape(math.prod(lead), -1)
+  y = rows @ w[name].reshape(rows.shape[1], -1)
+  if name + "_lora_a" in w:
+    a = w[name + "_lora_a"].reshape(rows.shape[1], -1)     # [in, R]
+    y = y + (rows @ a) @ w[name + "_lora_b"].reshape(a.shape[1], -1)
+  return y.reshape(*lead, *out)
 
 
 def _mlp(h, w):

@@ -229,3 +229,123 @@ def test_unsupported_rope_type(tmp_path):
                 rope_parameters={"rope_type": "yarn", "factor": 4.0})
   with pytest.raises(models.CheckpointError, match="yarn.*supported: default, linear, llama3"):
     models.from_pretrained(path)
+
+
+# -- grouped_hidden_states (a prefix shared by G continuations) ----------------
+
+_GROUPED_FAMILIES = {
+    "llama": dict(model_type="llama"),
+    "qwen2": dict(model_type="qwen2", attention_bias=True),
+    "qwen3": dict(model_type="qwen3", qk_norm=True),
+}
+
+
+def _perturbed(model, seed, scale=0.3):
+  """The model with every parameter moved by N(0, scale^2) noise: the
+  initial weights (0.02 normal, zero biases, unit norms) make attention
+  almost uniform and leave q/k/v biases at zero, which would hide masking,
+  position and bias mistakes."""
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  rng = np.random.RandomState(seed)  # host-side noise: no per-shape compiles
+  leaves = [jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape).astype(x.dtype))
+            for x in leaves]
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def _grouped_model(family, seed=0):
+  cfg = models.ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2,
+                           num_heads=4, num_kv_heads=2, head_dim=8,
+                           rope=models.RopeConfig(theta=10000.0),
+                           **_GROUPED_FAMILIES[family])
+  return _perturbed(models.create(cfg, seed=seed), seed=seed + 100)
+
+
+def _grouped_batch(seed=0, g=2):
+  """B=3 left-padded prefixes of width 5 (0, 2 and 4 pad slots) and R=6
+  suffixes of width 4, real tokens first, some with masked tails."""
+  rng = np.random.RandomState(seed)
+  prefix_mask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]], np.int32)
+  suffix_mask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0],
+                          [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], np.int32)
+  assert suffix_mask.shape[0] == prefix_mask.shape[0] * g
+  # Padding slots hold junk tokens: they must not matter.
+  prefix = rng.randint(1, 97, prefix_mask.shape).astype(np.int32)
+  suffix = rng.randint(1, 97, suffix_mask.shape).astype(np.int32)
+  return tuple(map(jnp.asarray, (prefix, prefix_mask, suffix, suffix_mask)))
+
+
+def _concat_hidden(model, prefix, prefix_mask, suffix, suffix_mask, g, tile=False):
+  """Reference: the full forward on [repeat(prefix, G) ++ suffix]."""
+  rep = (lambda x: jnp.tile(x, (g, 1))) if tile else (lambda x: jnp.repeat(x, g, axis=0))
+  tokens = jnp.concatenate([rep(prefix), suffix], 1)
+  mask = jnp.concatenate([rep(prefix_mask), suffix_mask], 1)
+  return model.hidden_states(tokens, positions=models.default_positions(mask),
+                             attention_mask=mask)
+
+
+@pytest.mark.parametrize("family", list(_GROUPED_FAMILIES))
+def test_grouped_hidden_states_match_concatenated_forward(family):
+  from flax import nnx
+  g = 2
+  model = _grouped_model(family, seed=11)
+  prefix, pmask, suffix, smask = _grouped_batch(seed=12, g=g)
+  p = prefix.shape[1]
+
+  @nnx.jit
+  def run(model):
+    return (model.grouped_hidden_states(prefix, pmask, suffix, smask),
+            _concat_hidden(model, prefix, pmask, suffix, smask, g),
+            _concat_hidden(model, prefix, pmask, suffix, smask, g, tile=True))
+
+  (prefix_h, suffix_h), ref, wrong = jax.tree.map(np.asarray, run(model))
+  assert prefix_h.shape == (3, 5, 32) and suffix_h.shape == (6, 4, 32)
+  s_real = np.asarray(smask).astype(bool)
+  p_real = np.asarray(pmask).astype(bool)
+  np.testing.assert_allclose(np.asarray(suffix_h)[s_real], ref[:, p:][s_real], atol=1e-5)
+  for copy in range(g):  # every copy of a prefix sees the same context
+    np.testing.assert_allclose(np.asarray(prefix_h)[p_real], ref[copy::g, :p][p_real], atol=1e-5)
+  # The check can tell the groups apart: pairing continuation r with prefix
+  # r % B instead of r // B gives clearly different suffix states.
+  assert np.abs(wrong[:, p:][s_real] - ref[:, p:][s_real]).max() > 1e-2
+
+
+@pytest.mark.parametrize("family", list(_GROUPED_FAMILIES))
+def test_grouped_hidden_states_gradient_matches_concatenated_forward(family):
+  from flax import nnx
+  g = 2
+  model = _grouped_model(family, seed=21)
+  prefix, pmask, suffix, smask = _grouped_batch(seed=22, g=g)
+  p = prefix.shape[1]
+  graphdef, state = nnx.split(model)
+  weights = jax.random.normal(jax.random.key(23), (6, 4, 32)) * smask[..., None]
+
+  def grouped_loss(state):
+    _, h = nnx.merge(graphdef, state).grouped_hidden_states(prefix, pmask, suffix, smask)
+    return jnp.sum(h * weights)
+
+  def concat_loss(state):
+    h = _concat_hidden(nnx.merge(graphdef, state), prefix, pmask, suffix, smask, g)
+    return jnp.sum(h[:, p:] * weights)
+
+  # One compile for both sides.
+  both = jax.jit(lambda st: (jax.value_and_grad(grouped_loss)(st),
+                             jax.value_and_grad(concat_loss)(st)))
+  (l_grouped, g_grouped), (l_concat, g_concat) = both(state)
+  np.testing.assert_allclose(float(l_grouped), float(l_concat), rtol=1e-4, atol=1e-4)
+  flat_g, flat_c = jax.tree.leaves(g_grouped), jax.tree.leaves(g_concat)
+  assert len(flat_g) == len(flat_c) and len(flat_g) > 0
+  for a, b in zip(flat_g, flat_c):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+  # The gradient reaches the attention weights through the shared prefix.
+  assert float(jnp.abs(g_grouped["layers"]["k"][...]).max()) > 1e-3
+
+
+def test_grouped_hidden_states_rejects_ragged_groups():
+  model = _grouped_model("llama", seed=31)
+  prefix, pmask, suffix, smask = _grouped_batch(seed=32)
+  with pytest.raises(ValueError, match="5 continuations"):
+    model.grouped_hidden_states(prefix, pmask, suffix[:5], smask[:5])
+  with pytest.raises(ValueError):
+    model.grouped_hidden_states(prefix[:2], pmask[:2], suffix[:3], smask[:3])

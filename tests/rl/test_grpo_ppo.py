@@ -227,3 +227,69 @@ def test_ppo_raises_reward_on_its_prompts(sft_model):
   first, last, z = _reward_trend(metrics, 64)
   print(f"PPO reward on its prompts {first:.3f} -> {last:.3f} (z = {z:.1f})")
   assert z > Z_CRITICAL
+
+
+# -- completion_logps / minibatch_order -----------------------------------------
+
+
+def _perturbed(model, seed, scale=0.3):
+  """Every parameter moved by N(0, scale^2) host-side noise, so the log-probs
+  are far from uniform and a misaligned context shows."""
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  rng = np.random.RandomState(seed)
+  leaves = [jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape).astype(x.dtype))
+            for x in leaves]
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+
+
+def test_completion_logps_match_full_forward():
+  from flax import nnx
+  from rankjax import models
+  g, vocab = 2, 97
+  model = _perturbed(testing.tiny_model("qwen3", seed=7, vocab_size=vocab, hidden_size=32,
+                                        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                                        intermediate_size=64), seed=8)
+  rng = np.random.RandomState(9)
+  # B=3 left-padded prompts (0, 2 and 4 pads); R=6 completions, some masked tails.
+  pmask = np.array([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 1]], np.int32)
+  cmask = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0],
+                    [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]], np.int32)
+  prompt = jnp.asarray(rng.randint(1, vocab, pmask.shape), jnp.int32)
+  completion = jnp.asarray(rng.randint(1, vocab, cmask.shape), jnp.int32)
+  pmask, cmask = jnp.asarray(pmask), jnp.asarray(cmask)
+  p = prompt.shape[1]
+
+  @nnx.jit
+  def run(model):
+    got = _grpo.completion_logps(model, prompt, pmask, completion, cmask)
+    tokens = jnp.concatenate([jnp.repeat(prompt, g, axis=0), completion], 1)
+    mask = jnp.concatenate([jnp.repeat(pmask, g, axis=0), cmask], 1)
+    logits = model(tokens, positions=models.default_positions(mask), attention_mask=mask)
+    return got, jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+  got, logp_all = jax.tree.map(np.asarray, run(model))
+  assert got.shape == (6, 4) and got.dtype == np.float32
+  # Position P-1+j of the concatenation predicts completion token j.
+  ref = np.take_along_axis(logp_all[:, p - 1:-1], np.asarray(completion)[..., None], -1)[..., 0]
+  real = np.asarray(cmask).astype(bool)
+  np.testing.assert_allclose(got[real], ref[real], atol=1e-5)
+  assert np.all(got[real] < 0)
+  # The reference is sharp enough to catch an off-by-one: the log-probs of
+  # the same tokens read one position later differ clearly.
+  shifted = np.take_along_axis(logp_all[:, p:], np.asarray(completion)[..., None], -1)[..., 0]
+  assert np.abs(shifted[real] - ref[real]).max() > 1e-1
+
+
+def test_minibatch_order_is_a_permutation_per_iteration():
+  s = _grpo.GRPOSettings(group_size=4, num_iterations=2, num_minibatches=2)
+  order = np.asarray(_grpo.minibatch_order(jax.random.key(0), 8, s))
+  assert order.shape == (4, 4) and np.issubdtype(order.dtype, np.integer)
+  for it in range(2):  # minibatches 2i, 2i+1 split pass i's prompts
+    np.testing.assert_array_equal(np.sort(order[2 * it:2 * it + 2].reshape(-1)), np.arange(8))
+  assert not np.array_equal(order[:2], order[2:])  # a fresh permutation per pass
+  np.testing.assert_array_equal(np.asarray(_grpo.minibatch_order(jax.random.key(0), 8, s)),
+                                order)  # deterministic in the key
+  other = np.asarray(_grpo.minibatch_order(jax.random.key(1), 8, s))
+  assert not np.array_equal(other, order)
