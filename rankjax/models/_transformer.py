@@ -359,10 +359,14 @@ class Transformer(nnx.Module):
     """LM logits from final hidden states."""
     if not self.config.lm_head:
       raise ValueError("this model has no LM head (it is a scalar-head model)")
+    # One 2-D matmul over all B·T rows (see `_proj`): at [4096, 32000] the
+    # 3-D einsum's backward transposed the logits' gradient for the weight's.
+    rows = hidden_btd.reshape(-1, hidden_btd.shape[-1])
     if self.config.tie_word_embeddings:
-      w = self.embed[...].astype(self._dtype)
-      return jnp.einsum("BTD,VD->BTV", hidden_btd, w)
-    return jnp.einsum("BTD,DV->BTV", hidden_btd, self.lm_head[...].astype(self._dtype))
+      logits = rows @ self.embed[...].astype(self._dtype).T
+    else:
+      logits = rows @ self.lm_head[...].astype(self._dtype)
+    return logits.reshape(*hidden_btd.shape[:-1], logits.shape[-1])
 
   def values(self, hidden_btd):
     """Scalar head per token: [B, T] (num_labels 1) or [B, T, num_labels]."""
