@@ -226,12 +226,19 @@ def _prefill(graphdef, state, tokens_bp, *, cache_len):
   return _argmax(logits), positions[:, -1] + 1, cache, logits
 
 
-# The cache is donated so XLA writes the new keys/values in place.
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _layer_weights(graphdef, state):
+  return nnx.merge(graphdef, state).layer_weights()
+
+
+# The cache is donated so XLA writes the new keys/values in place; the layer
+# weights come split once, as the sampler splits them before its loop.
 @functools.partial(jax.jit, static_argnames="graphdef", donate_argnames="cache")
-def _decode_step(graphdef, state, tokens_b, positions_b, cache):
+def _decode_step(graphdef, state, weights, tokens_b, positions_b, cache):
   model = nnx.merge(graphdef, state)
   ones = jnp.ones((tokens_b.shape[0], 1), bool)
-  hidden, cache = model.forward_cached(tokens_b[:, None], positions_b[:, None], ones, cache)
+  hidden, cache = model.forward_cached(tokens_b[:, None], positions_b[:, None], ones, cache,
+                                       weights)
   return _argmax(_last_logits(model, hidden)), positions_b + 1, cache
 
 
@@ -258,8 +265,9 @@ class BareDecode:
     return out
 
   def _decode(self, tok, pos, cache):
+    weights = _layer_weights(self.graphdef, self.state)
     for _ in range(self.w.new_tokens):
-      tok, pos, cache = _decode_step(self.graphdef, self.state, tok, pos, cache)
+      tok, pos, cache = _decode_step(self.graphdef, self.state, weights, tok, pos, cache)
     return tok
 
   def summary(self) -> dict[str, float]:

@@ -118,7 +118,9 @@ def beam_search_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp, *,
   mask = prompt_mask_bp.astype(bool)
   positions = default_positions(mask)
   cache = model.init_cache(b, p + n)
-  hidden, cache = model.forward_cached(prompt_tokens_bp, positions, mask, cache)
+  # Split once: the decode loop reads each layer's weights in place.
+  weights = model.layer_weights()
+  hidden, cache = model.forward_cached(prompt_tokens_bp, positions, mask, cache, weights)
   logits = jnp.repeat(model.logits(hidden[:, -1:])[:, 0], nb, axis=0)
   next_pos = jnp.repeat(positions[:, -1] + 1, nb)
   seqs = jnp.full((b, nb, n), pad_id, jnp.int32)
@@ -139,7 +141,8 @@ def beam_search_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp, *,
   def body(s):
     last = s.seqs[:, :, s.t - 1].reshape(-1)
     pos = (next_pos + s.t - 1)[:, None]
-    hidden, cache = model.forward_cached(last[:, None], pos, jnp.ones((b * nb, 1), bool), s.cache)
+    hidden, cache = model.forward_cached(last[:, None], pos, jnp.ones((b * nb, 1), bool), s.cache,
+                                         weights)
     return step(s.replace(cache=cache), model.logits(hidden)[:, 0])
 
   s = jax.lax.while_loop(cond, body, s)

@@ -100,7 +100,9 @@ def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
   mask = prompt_mask_bp.astype(bool)
   positions = default_positions(mask)
   cache = model.init_cache(b, p + n)
-  hidden, cache = model.forward_cached(prompt_tokens_bp, positions, mask, cache)
+  # Split once: the decode loop reads each layer's weights in place.
+  weights = model.layer_weights()
+  hidden, cache = model.forward_cached(prompt_tokens_bp, positions, mask, cache, weights)
   logits = jnp.repeat(model.logits(hidden[:, -1:])[:, 0], g, axis=0)
   cache = _repeat_cache(cache, g)
   next_pos = jnp.repeat(positions[:, -1] + 1, g)
@@ -131,7 +133,7 @@ def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
     t = state.step
     pos = (next_pos + t - 1)[:, None]
     hidden, cache = model.forward_cached(state.last[:, None], pos,
-                                         jnp.ones((rows, 1), bool), state.cache)
+                                         jnp.ones((rows, 1), bool), state.cache, weights)
     logits = model.logits(hidden)[:, 0]
     state = sample(state.replace(cache=cache), logits, t)
     return state.replace(step=t + 1)
