@@ -460,7 +460,11 @@ class Transformer(nnx.Module):
       return step(x, w), None
 
     tokens = jnp.concatenate([prefix_bp.reshape(1, -1), suffix_rt.reshape(1, -1)], 1)
-    x, _ = jax.lax.scan(body, self._embed(tokens), self.layers.weights(self._dtype))
+    # Unrolled: on the bench model the scan's per-layer slicing and
+    # stacking cost ~15% of the layers' forward + backward (4.5 -> 3.9 s);
+    # compile time grows with depth instead.
+    x, _ = jax.lax.scan(body, self._embed(tokens), self.layers.weights(self._dtype),
+                        unroll=True)
     x = rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)
     return x[0, :b * p].reshape(b, p, -1), x[0, b * p:].reshape(r, t, -1)
 
