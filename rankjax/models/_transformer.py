@@ -150,25 +150,40 @@ def grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
   (`prefix_mask_bs`) and its own tokens under `mask_rtt` (causal & real).
   Equal to `attention` over [repeat(prefix, G) ++ continuation] keys: one
   softmax over both key sets, in float32. Here Q = N / K query heads per kv
-  head, G continuations per prefix.
+  head, G continuations per prefix, M the query rows of one matmul.
+
+  Each score/value product is a batched matmul with its batch axes leading
+  and one [M, H] x [H, S] contraction (all G·T·Q queries of a prefix against
+  its keys): XLA CPU runs these ~1.4x faster, forward and backward, than the
+  6-D einsums they replace.
   """
   r, t, n, h = q_rtnh.shape
   b, s, kh, _ = k_prefix_bskh.shape
   g, qg = r // b, n // kh
-  q = q_rtnh.reshape(b, g, t, kh, qg, h)
-  k_own, v_own = k_rtkh.reshape(b, g, t, kh, h), v_rtkh.reshape(b, g, t, kh, h)
   scale = h ** -0.5
-  s_prefix = jnp.einsum("BGTKQH,BSKH->BGKQTS", q, k_prefix_bskh,
-                        preferred_element_type=jnp.float32) * scale
-  s_own = jnp.einsum("BGTKQH,BGSKH->BGKQTS", q, k_own,
+  heads_first = lambda x: x.transpose(0, 2, 1, 3)                       # [., K, S, H]
+  q6 = q_rtnh.reshape(b, g, t, kh, qg, h)
+  # Against the prefix: batch (B, K), M = G·T·Q.
+  q_pre = q6.transpose(0, 3, 1, 2, 4, 5).reshape(b, kh, g * t * qg, h)
+  s_pre = jnp.einsum("BKMH,BKSH->BKMS", q_pre, heads_first(k_prefix_bskh),
                      preferred_element_type=jnp.float32) * scale
-  s_prefix = jnp.where(prefix_mask_bs[:, None, None, None, None, :], s_prefix, _MASK_VALUE)
-  s_own = jnp.where(mask_rtt.reshape(b, g, 1, 1, t, t), s_own, _MASK_VALUE)
-  probs = jax.nn.softmax(jnp.concatenate([s_prefix, s_own], axis=-1), axis=-1)
+  s_pre = s_pre.reshape(b, kh, g, t, qg, s).transpose(0, 2, 1, 3, 4, 5)  # [B, G, K, T, Q, S]
+  # Against itself: batch (R, K), M = T·Q.
+  q_own = q6.reshape(r, t, kh, qg, h).transpose(0, 2, 1, 3, 4).reshape(r, kh, t * qg, h)
+  s_own = jnp.einsum("RKMH,RKSH->RKMS", q_own, heads_first(k_rtkh),
+                     preferred_element_type=jnp.float32) * scale
+  s_own = s_own.reshape(b, g, kh, t, qg, t)
+  s_pre = jnp.where(prefix_mask_bs[:, None, None, None, None, :], s_pre, _MASK_VALUE)
+  s_own = jnp.where(mask_rtt.reshape(b, g, 1, t, 1, t), s_own, _MASK_VALUE)
+  probs = jax.nn.softmax(jnp.concatenate([s_pre, s_own], axis=-1), axis=-1)
   probs = probs.astype(v_rtkh.dtype)
-  out = (jnp.einsum("BGKQTS,BSKH->BGTKQH", probs[..., :s], v_prefix_bskh)
-         + jnp.einsum("BGKQTS,BGSKH->BGTKQH", probs[..., s:], v_own))
-  return out.reshape(r, t, n, h)
+  p_pre = probs[..., :s].transpose(0, 2, 1, 3, 4, 5).reshape(b, kh, g * t * qg, s)
+  p_own = probs[..., s:].reshape(r, kh, t * qg, t)
+  o_pre = jnp.einsum("BKMS,BKSH->BKMH", p_pre, heads_first(v_prefix_bskh))
+  o_own = jnp.einsum("RKMS,RKSH->RKMH", p_own, heads_first(v_rtkh))
+  o_pre = o_pre.reshape(b, kh, g, t, qg, h).transpose(0, 2, 3, 1, 4, 5)  # [B, G, T, K, Q, H]
+  o_own = o_own.reshape(b, g, kh, t, qg, h).transpose(0, 1, 3, 2, 4, 5)
+  return (o_pre + o_own).reshape(r, t, n, h)
 
 
 def _proj(spec, x, w, name):

@@ -181,5 +181,7 @@ def sample_tokens(rng, logits_rv, seen_rv, params: RowParams):
   sampled, proc_lp = jax.lax.cond(jnp.any(~is_greedy), draw,
                                   lambda _: (greedy, jnp.zeros(greedy.shape, jnp.float32)), None)
   tokens = jnp.where(is_greedy, greedy, sampled)
-  raw_lp = jnp.take_along_axis(jax.nn.log_softmax(logits32), tokens[:, None], -1)[:, 0]
+  # logit[token] - logsumexp: no [R, V] log-softmax is built each step.
+  raw_lp = (jnp.take_along_axis(logits32, tokens[:, None], -1)[:, 0]
+            - jax.nn.logsumexp(logits32, axis=-1))
   return tokens, raw_lp, jnp.where(is_greedy, 0.0, proc_lp)
