@@ -197,7 +197,9 @@ def test_grpo_raises_held_out_accuracy():
   train_recs = [r for r in every.values() if r not in held_out]
   model = _sft(_model(seed=4), steps=60, records=train_recs)
   before, n = _held_out_accuracy(model, held_out, 32, seed=5)
-  state, sh, bsh = _state(model, lr=1e-3)
+  # lr 5e-4: at 1e-3 the outcome swung with float rounding (z from -2.6 to
+  # 5.8 across equivalent compiled programs); at 5e-4 it held at z 2.9-4.0.
+  state, sh, bsh = _state(model, lr=5e-4)
   rws = [rewards.arithmetic_correct(TOK)]
   step = _jit(sh, bsh, rws, _settings(group_size=8, num_minibatches=2, num_iterations=2))
   batches = _rl.PromptBatches(train_recs, TOK, 16, 8, seed=0)
@@ -213,7 +215,9 @@ def test_grpo_raises_held_out_accuracy():
 
 def test_ppo_raises_reward_on_its_prompts(sft_model):
   model = _rl._with_value_head(sft_model, seed=3)
-  state, sh, bsh = _state(model, lr=1e-3, with_reference=True)
+  # lr 2e-3 and 60 steps: at 1e-3 and 40 steps the outcome swung with float
+  # rounding (z 0.8-3.3); here it held at z 4.0-5.2 over 3 prompt orders.
+  state, sh, bsh = _state(model, lr=2e-3, with_reference=True)
   rws = [rewards.arithmetic_correct(TOK)]
   settings = _ppo.PPOSettings(max_new_tokens=4, eos_ids=(TOK.eos_id,), num_epochs=2,
                               num_minibatches=2, vf_coef=0.1)
@@ -221,7 +225,7 @@ def test_ppo_raises_reward_on_its_prompts(sft_model):
                  donate_argnums=0)
   batches = _rl.PromptBatches(tasks.generate(TASK, "train", 64), TOK, 64, 8, seed=0)
   coef, metrics = jnp.float32(0.01), []
-  for _ in range(40):
+  for _ in range(60):
     state, _, m = step(state, None, next(batches), [None], coef)
     metrics.append(m)
   first, last, z = _reward_trend(metrics, 64)
