@@ -1,16 +1,20 @@
 """A decoder-only transformer (Llama 3.x / Qwen2 / Qwen3) in Flax NNX.
 
-Layer weights are stacked along a leading L axis and the layers run under one
-`lax.scan`, so compile time stays flat in depth. Each parameter carries its
-logical axis names (`logical_axes` metadata); `rankjax.parallel` maps them to
-mesh axes through one rules table.
+Layer weights are stacked along a leading L axis. The full forward runs the
+layers under one `lax.scan`, so its compile time stays flat in depth; the
+cached forward (decode) and the grouped forward (GRPO) run them unrolled,
+each on its own weights (slicing stacked weights inside a hot loop copied
+them). Each parameter carries its logical axis names (`logical_axes`
+metadata); `rankjax.parallel` maps them to mesh axes through one rules table.
 
-Two entry points share the same block:
+Three entry points share the same block:
   * `model(tokens, ...)` — the full forward (training, scoring), with
     optional positions, segment ids (packing) and a padding mask;
   * `model.forward_cached(tokens, positions, token_mask, cache)` — writes T
     new tokens into a preallocated KV cache and attends over it (prefill with
-    T = prompt length, decode with T = 1): the sampler's hot path.
+    T = prompt length, decode with T = 1): the sampler's hot path;
+  * `model.grouped_hidden_states(prefix, prefix_mask, suffix, suffix_mask)` —
+    G continuations per prefix with each prefix run once (GRPO's groups).
 
 Axis legend: B batch, T query length, S key/cache length, D model width,
 N query heads, K kv heads, G = N / K, H head dim, F MLP width, V vocab,
