@@ -111,17 +111,24 @@ def apply_rope(x_btnh, sin, cos):
   return out.astype(x_btnh.dtype)
 
 
-def attention(q_btnh, k_bskh, v_bskh, mask_bts):
-  """Grouped-query attention; softmax in float32."""
+def head_major_attention(q_btnh, k_bksh, v_bksh, mask_bts):
+  """Grouped-query attention over head-major keys/values [B, K, S, H] (the
+  KV cache's layout); softmax in float32."""
   b, t, n, h = q_btnh.shape
-  k_heads = k_bskh.shape[2]
+  k_heads = k_bksh.shape[1]
   q = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
-  scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k_bskh,
+  scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k_bksh,
                       preferred_element_type=jnp.float32) * (h ** -0.5)
   scores = jnp.where(mask_bts[:, None, None], scores, _MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_bskh.dtype)
-  out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v_bskh)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
+  out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v_bksh)
   return out.reshape(b, t, n, h)
+
+
+def attention(q_btnh, k_bskh, v_bskh, mask_bts):
+  """Grouped-query attention over keys/values [B, S, K, H]."""
+  return head_major_attention(q_btnh, k_bskh.transpose(0, 2, 1, 3),
+                              v_bskh.transpose(0, 2, 1, 3), mask_bts)
 
 
 # Query block of the causal full forward (see `causal_attention`).
@@ -265,19 +272,6 @@ def grouped_block(x_1md, w, *, cfg: ModelConfig, sin, cos, prefix_shape, masks):
   return _finish_block(x_1md, attn, w, cfg)
 
 
-def cache_attention(q_btnh, k_bksh, v_bksh, mask_bts):
-  """`attention` over a head-major cache: keys/values [B, K, S, H]."""
-  b, t, n, h = q_btnh.shape
-  k_heads = k_bksh.shape[1]
-  q = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
-  scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k_bksh,
-                      preferred_element_type=jnp.float32) * (h ** -0.5)
-  scores = jnp.where(mask_bts[:, None, None], scores, _MASK_VALUE)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
-  out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v_bksh)
-  return out.reshape(b, t, n, h)
-
-
 def cached_block(x_btd, w, cache_k, cache_v, layer: int, *, cfg: ModelConfig, sin,
                  cos, mask_bts, index):
   """One layer that writes its new keys/values into the stacked cache.
@@ -291,8 +285,8 @@ def cached_block(x_btd, w, cache_k, cache_v, layer: int, *, cfg: ModelConfig, si
   new_v = v.transpose(0, 2, 1, 3)[None].astype(cache_v.dtype)
   cache_k = jax.lax.dynamic_update_slice(cache_k, new_k, start)
   cache_v = jax.lax.dynamic_update_slice(cache_v, new_v, start)
-  attn = cache_attention(q, cache_k[layer].astype(q.dtype), cache_v[layer].astype(q.dtype),
-                         mask_bts)
+  attn = head_major_attention(q, cache_k[layer].astype(q.dtype),
+                              cache_v[layer].astype(q.dtype), mask_bts)
   return _finish_block(x_btd, attn, w, cfg), cache_k, cache_v
 
 
