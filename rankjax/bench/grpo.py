@@ -64,7 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax import losses, models, parallel, rewards, sampling, train
+from rankjax import models, parallel, rewards, sampling, train
 from rankjax.bench import _common
 from rankjax.bench.sampler import random_model
 from rankjax.bench.train import matmul_params
@@ -177,8 +177,9 @@ def step_flops(cfg: models.ModelConfig, w: Workload) -> dict[str, dict[str, floa
   head = cfg.hidden_size * cfg.vocab_size
   layers = n - head
   c, rows = w.completion_tokens, w.rows
-  # The forward runs each prompt once per group (`grouped_hidden_states`).
-  seq_layers = layers * (w.batch * w.prompt_len + rows * w.new_tokens) + head * c
+  # The forward runs each prompt once per group (`grouped_hidden_states`)
+  # and never feeds the completions' last token.
+  seq_layers = layers * (w.batch * w.prompt_len + rows * (w.new_tokens - 1)) + head * c
   floor = {"sample": 2 * n * c, "score": 0.0, "reference": 2 * n * c if BETA else 0.0,
            "update": 6 * n * c * NUM_ITERATIONS}
   full = {"sample": 2 * n * c + 2 * layers * w.batch * w.prompt_len, "score": 0.0,

@@ -7,7 +7,7 @@ each on its own weights (slicing stacked weights inside a hot loop copied
 them). Each parameter carries its logical axis names (`logical_axes`
 metadata); `rankjax.parallel` maps them to mesh axes through one rules table.
 
-Three entry points share the same block:
+Three entry points, three blocks sharing `_qkv` and `_finish_block`:
   * `model(tokens, ...)` — the full forward (training, scoring), with
     optional positions, segment ids (packing) and a padding mask;
   * `model.forward_cached(tokens, positions, token_mask, cache)` — writes T
@@ -17,8 +17,8 @@ Three entry points share the same block:
     G continuations per prefix with each prefix run once (GRPO's groups).
 
 Axis legend: B batch, T query length, S key/cache length, D model width,
-N query heads, K kv heads, G = N / K, H head dim, F MLP width, V vocab,
-L layers.
+N query heads, K kv heads, Q = N / K query heads per kv head, G group
+(continuations per prefix), H head dim, F MLP width, V vocab, L layers.
 """
 
 from __future__ import annotations
@@ -117,11 +117,11 @@ def head_major_attention(q_btnh, k_bksh, v_bksh, mask_bts):
   b, t, n, h = q_btnh.shape
   k_heads = k_bksh.shape[1]
   q = q_btnh.reshape(b, t, k_heads, n // k_heads, h)
-  scores = jnp.einsum("BTKGH,BKSH->BKGTS", q, k_bksh,
+  scores = jnp.einsum("BTKQH,BKSH->BKQTS", q, k_bksh,
                       preferred_element_type=jnp.float32) * (h ** -0.5)
   scores = jnp.where(mask_bts[:, None, None], scores, _MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1).astype(v_bksh.dtype)
-  out = jnp.einsum("BKGTS,BKSH->BTKGH", probs, v_bksh)
+  out = jnp.einsum("BKQTS,BKSH->BTKQH", probs, v_bksh)
   return out.reshape(b, t, n, h)
 
 
@@ -172,7 +172,10 @@ def grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
   b, s, kh, _ = k_prefix_bskh.shape
   g, qg = r // b, n // kh
   scale = h ** -0.5
-  heads_first = lambda x: x.transpose(0, 2, 1, 3)                       # [., K, S, H]
+
+  def heads_first(x):                                                   # [., K, S, H]
+    return x.transpose(0, 2, 1, 3)
+
   q6 = q_rtnh.reshape(b, g, t, kh, qg, h)
   # Against the prefix: batch (B, K), M = G·T·Q.
   q_pre = q6.transpose(0, 3, 1, 2, 4, 5).reshape(b, kh, g * t * qg, h)
@@ -190,11 +193,14 @@ def grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
   probs = probs.astype(v_rtkh.dtype)
   p_pre = probs[..., :s].transpose(0, 2, 1, 3, 4, 5).reshape(b, kh, g * t * qg, s)
   p_own = probs[..., s:].reshape(r, kh, t * qg, t)
-  o_pre = jnp.einsum("BKMS,BKSH->BKMH", p_pre, heads_first(v_prefix_bskh))
-  o_own = jnp.einsum("RKMS,RKSH->RKMH", p_own, heads_first(v_rtkh))
+  # The two halves of one weighted sum: added in float32, rounded once.
+  o_pre = jnp.einsum("BKMS,BKSH->BKMH", p_pre, heads_first(v_prefix_bskh),
+                     preferred_element_type=jnp.float32)
+  o_own = jnp.einsum("RKMS,RKSH->RKMH", p_own, heads_first(v_rtkh),
+                     preferred_element_type=jnp.float32)
   o_pre = o_pre.reshape(b, kh, g, t, qg, h).transpose(0, 2, 3, 1, 4, 5)  # [B, G, T, K, Q, H]
   o_own = o_own.reshape(b, g, kh, t, qg, h).transpose(0, 1, 3, 2, 4, 5)
-  return (o_pre + o_own).reshape(r, t, n, h)
+  return (o_pre + o_own).reshape(r, t, n, h).astype(v_rtkh.dtype)
 
 
 def _proj(spec, x, w, name):
@@ -214,6 +220,8 @@ def _proj(spec, x, w, name):
   x_axes, w_axes = spec.split("->")[0].split(",")
   n_in = sum(c in x_axes for c in w_axes)
   lead, out = x.shape[:x.ndim - n_in], w[name].shape[n_in:]
+  if x.shape[x.ndim - n_in:] != w[name].shape[:n_in]:
+    raise ValueError(f"{name}: {spec} got x {x.shape} and w {w[name].shape}")
   rows = x.reshape(math.prod(lead), -1)
   y = rows @ w[name].reshape(rows.shape[1], -1)
   if name + "_lora_a" in w:
@@ -252,24 +260,24 @@ def block(x_btd, w, *, cfg: ModelConfig, sin, cos, mask_bts):
   return _finish_block(x_btd, causal_attention(q, k, v, mask_bts), w, cfg)
 
 
-def grouped_block(x_1md, w, *, cfg: ModelConfig, sin, cos, prefix_shape, masks):
-  """One layer over a flat stream of M = B·P prefix + R·T continuation
-  tokens: every per-token piece (norms, projections, MLP) runs as one [M, D]
-  matmul; only attention splits the stream (see `grouped_attention`)."""
-  b, p = prefix_shape
-  prefix_mask_bpp, prefix_mask_bs, mask_rtt = masks
+def grouped_block(x_bud, w, *, cfg: ModelConfig, sin, cos, prefix_mask_bpp, prefix_mask_bs,
+                  mask_rtt):
+  """One layer over B rows of U = P + G·T tokens: prefix b, then its G
+  continuations. Every per-token piece (norms, projections, MLP) runs as one
+  [B·U, D] matmul; only attention splits the row (see `grouped_attention`).
+  The batch axis stays leading, so a data-sharded batch stays sharded."""
+  b, p = prefix_mask_bs.shape
   r, t = mask_rtt.shape[:2]
-  q, k, v = _qkv(x_1md, w, cfg, sin, cos)
+  q, k, v = _qkv(x_bud, w, cfg, sin, cos)
 
   def split(x):
-    return x[0, :b * p].reshape(b, p, *x.shape[2:]), x[0, b * p:].reshape(r, t, *x.shape[2:])
+    return x[:, :p], x[:, p:].reshape(r, t, *x.shape[2:])
 
   (qp, qs), (kp, ks), (vp, vs) = split(q), split(k), split(v)
   attn_p = causal_attention(qp, kp, vp, prefix_mask_bpp)
   attn_s = grouped_attention(qs, kp, vp, ks, vs, prefix_mask_bs, mask_rtt)
-  attn = jnp.concatenate([attn_p.reshape(1, b * p, *attn_p.shape[2:]),
-                          attn_s.reshape(1, r * t, *attn_s.shape[2:])], axis=1)
-  return _finish_block(x_1md, attn, w, cfg)
+  attn = jnp.concatenate([attn_p, attn_s.reshape(b, (r // b) * t, *attn_s.shape[2:])], axis=1)
+  return _finish_block(x_bud, attn, w, cfg)
 
 
 def cached_block(x_btd, w, cache_k, cache_v, layer: int, *, cfg: ModelConfig, sin,
@@ -461,25 +469,22 @@ class Transformer(nnx.Module):
     suffix_pos = jnp.maximum(lengths[:, None] + jnp.cumsum(smask, axis=1, dtype=jnp.int32) - 1, 0)
     causal_p = jnp.arange(p)[:, None] >= jnp.arange(p)[None]
     causal_t = jnp.arange(t)[:, None] >= jnp.arange(t)[None]
-    masks = (causal_p[None] & pmask[:, None, :], pmask, causal_t[None] & smask[:, None, :])
-    positions = jnp.concatenate([prefix_pos.reshape(1, -1), suffix_pos.reshape(1, -1)], 1)
-    sin, cos = self._sin_cos(positions)
-    step = functools.partial(grouped_block, cfg=cfg, sin=sin, cos=cos, prefix_shape=(b, p),
-                             masks=masks)
+    per_prompt = lambda prefix, suffix: jnp.concatenate([prefix, suffix.reshape(b, g * t)], 1)
+    sin, cos = self._sin_cos(per_prompt(prefix_pos, suffix_pos))
+    step = functools.partial(grouped_block, cfg=cfg, sin=sin, cos=cos,
+                             prefix_mask_bpp=causal_p[None] & pmask[:, None, :],
+                             prefix_mask_bs=pmask, mask_rtt=causal_t[None] & smask[:, None, :])
     if cfg.remat:
       step = jax.checkpoint(step)
-
-    def body(x, w):
-      return step(x, w), None
-
-    tokens = jnp.concatenate([prefix_bp.reshape(1, -1), suffix_rt.reshape(1, -1)], 1)
-    # Unrolled: on the bench model the scan's per-layer slicing and
-    # stacking cost ~15% of the layers' forward + backward (4.5 -> 3.9 s);
-    # compile time grows with depth instead.
-    x, _ = jax.lax.scan(body, self._embed(tokens), self.layers.weights(self._dtype),
-                        unroll=True)
+    x = self._embed(per_prompt(prefix_bp, suffix_rt))                  # [B, P + G·T, D]
+    # Unrolled, each layer on its own weights: on the bench model the scan's
+    # per-layer slicing and stacking cost ~15% of the layers' forward +
+    # backward (4.5 -> 3.9 s); compile time grows with depth instead.
+    for w in self.layer_weights():
+      x = step(x, w)
     x = rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)
-    return x[0, :b * p].reshape(b, p, -1), x[0, b * p:].reshape(r, t, -1)
+    d = x.shape[-1]
+    return x[:, :p], x[:, p:].reshape(r, t, d)
 
   def __call__(self, tokens_bt, *, positions=None, segment_ids=None,
                attention_mask=None):
@@ -495,7 +500,9 @@ class Transformer(nnx.Module):
 
     Split once, outside a decode loop: there, slicing layer l out of the
     stacked [L, ...] weights (a scan over layers) copied every layer's
-    weights on every step, ~20% of a batch-16 decode step on CPU.
+    weights on every step, ~20% of a batch-16 decode step on CPU. The
+    split is a copy: while a caller holds it, a second set of layer weights
+    is alive (memory to budget for on an accelerator).
     """
     w = self.layers.weights(self._dtype)
     return [{name: x[l] for name, x in w.items()} for l in range(self.config.num_layers)]
@@ -520,7 +527,8 @@ class Transformer(nnx.Module):
     mask = causal[None] & kv_mask[:, None, :]                          # [B, T, S]
     sin, cos = self._sin_cos(positions_bt)
     x, k, v = self._embed(tokens_bt), cache.k, cache.v
-    for layer, w in enumerate(layer_weights or self.layer_weights()):
+    weights = self.layer_weights() if layer_weights is None else layer_weights
+    for layer, w in enumerate(weights):
       x, k, v = cached_block(x, w, k, v, layer, cfg=cfg, sin=sin, cos=cos, mask_bts=mask,
                              index=index)
     hidden = rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)

@@ -79,8 +79,10 @@ def advantages(rewards_r, valid_r, s: GRPOSettings):
 def completion_logps(model, prompt_bp, prompt_mask_bp, completion_rn, completion_mask_rn):
   """log π of each completion token: [R, N] (float32).
 
-  Each prompt runs once for its group of G = R / B completions
-  (`grouped_hidden_states`): the layers see B·P + R·N positions, not R·(P + N).
+  Prompts are left-padded (their last slot holds the token that predicts the
+  first completion token). Each prompt runs once for its group of G = R / B
+  completions (`grouped_hidden_states`): the layers see B·P + R·(N − 1)
+  positions, not R·(P + N − 1).
   """
   g = completion_rn.shape[0] // prompt_bp.shape[0]
   # The completion's last token predicts nothing that is scored.
@@ -98,6 +100,10 @@ def minibatch_order(rng, num_prompts: int, s: GRPOSettings):
   perms = jnp.stack([jax.random.permutation(k, num_prompts)
                      for k in jax.random.split(rng, s.num_iterations)])
   return perms.reshape(s.num_iterations * s.num_minibatches, num_prompts // s.num_minibatches)
+
+
+# The `policy_updates` data indexed by prompt; every other key is per row.
+_PER_PROMPT = ("prompt", "prompt_mask")
 
 
 def policy_updates(state: TrainState, data: Mapping[str, jax.Array], order, *,
@@ -124,7 +130,7 @@ def policy_updates(state: TrainState, data: Mapping[str, jax.Array], order, *,
 
   def update(st, prompts):
     rows = (prompts[:, None] * g + jnp.arange(g)).reshape(-1)
-    mb = {k: v[prompts] if k.startswith("prompt") else v[rows] for k, v in data.items()}
+    mb = {k: v[prompts] if k in _PER_PROMPT else v[rows] for k, v in data.items()}
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params, mb)
     return apply_grads(st, loss, metrics, grads, skip=skip)
 
@@ -137,7 +143,7 @@ def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: 
   (left-padded) plus per-prompt extras [B, ...] handed to the rewards."""
   s = settings
   prompt, pmask = batch["prompt_tokens"], batch["prompt_mask"].astype(bool)
-  b, p = prompt.shape
+  b = prompt.shape[0]
   check_settings(s, b)
   g, rows = s.group_size, b * s.group_size
   rng_sample, rng_perm = jax.random.split(jax.random.wrap_key_data(state.rng))

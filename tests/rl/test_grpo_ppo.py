@@ -114,7 +114,7 @@ def test_raising_host_reward_names_the_reward():
 
 @pytest.mark.parametrize("kw,match", [
     (dict(group_size=1), "group_size >= 2"),
-    (dict(num_minibatches=3), "must divide the"),
+    (dict(num_minibatches=3), "whole groups"),
     (dict(advantage="ppo"), "one of grpo, rloo, reinforce_pp"),
 ])
 def test_bad_settings_fail_before_compiling(kw, match):
@@ -284,6 +284,29 @@ def test_completion_logps_match_full_forward():
   # the same tokens read one position later differ clearly.
   shifted = np.take_along_axis(logp_all[:, p:], np.asarray(completion)[..., None], -1)[..., 0]
   assert np.abs(shifted[real] - ref[real]).max() > 1e-1
+
+
+def test_completion_logps_one_new_token():
+  """N = 1: no completion token is fed, only the prompts' last position
+  predicts (the grouped forward runs an empty suffix)."""
+  from flax import nnx
+  from rankjax import models
+  model = _perturbed(testing.tiny_model("llama", seed=3, vocab_size=53, hidden_size=32,
+                                        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
+                                        intermediate_size=64), seed=4)
+  prompt = jnp.asarray([[0, 5, 9, 2], [7, 7, 1, 3]], jnp.int32)
+  pmask = jnp.asarray([[0, 1, 1, 1], [1, 1, 1, 1]], bool)
+  completion = jnp.asarray([[4], [8], [1], [2], [30], [11]], jnp.int32)   # G = 3
+
+  @nnx.jit
+  def run(model):
+    got = _grpo.completion_logps(model, prompt, pmask, completion, jnp.ones((6, 1), bool))
+    logits = model(prompt, positions=models.default_positions(pmask), attention_mask=pmask)
+    return got, jax.nn.log_softmax(logits[:, -1].astype(jnp.float32), axis=-1)
+
+  got, logp = jax.tree.map(np.asarray, run(model))
+  want = np.repeat(logp, 3, axis=0)[np.arange(6), np.asarray(completion)[:, 0]]
+  np.testing.assert_allclose(got[:, 0], want, atol=1e-5)
 
 
 def test_minibatch_order_is_a_permutation_per_iteration():
