@@ -28,7 +28,7 @@ def get_config() -> Config:
       optim=OptimCfg(learning_rate=3e-3, warmup_steps=10),
       sft=SFTCfg(steps=3000),
       sample=SampleCfg(max_new_tokens=6, temperature=1.0),
-      grpo=GRPOCfg(steps=400, learning_rate=5e-4, num_prompts=16, group_size=8,
+      grpo=GRPOCfg(steps=800, learning_rate=5e-4, num_prompts=16, group_size=8,
                    num_iterations=2, rewards=("correct",)),
       eval=EvalCfg(num_problems=200, num_samples=8),
   )
