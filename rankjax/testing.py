@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
 from rankjax.models import ModelConfig, RopeConfig, Transformer, create
 
 # One tiny config per supported family, each exercising what is special about
@@ -41,3 +46,16 @@ def tiny_config(family: str = "llama", *, vocab_size: int = 128,
 def tiny_model(family: str = "llama", seed: int = 0, **overrides) -> Transformer:
   """A randomly initialised tiny model (float32)."""
   return create(tiny_config(family, **overrides), seed=seed)
+
+
+def perturbed(model: Transformer, seed: int, scale: float = 0.3) -> Transformer:
+  """The model with every parameter moved by N(0, scale^2) noise (drawn on
+  the host: no per-shape compiles). The initial weights (0.02 normal, zero
+  biases, unit norms) make attention almost uniform and leave q/k/v biases
+  at zero, which would hide masking, position and bias mistakes."""
+  graphdef, state = nnx.split(model)
+  leaves, treedef = jax.tree.flatten(state)
+  rng = np.random.RandomState(seed)
+  leaves = [jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape).astype(x.dtype))
+            for x in leaves]
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))

@@ -463,10 +463,10 @@ class Transformer(nnx.Module):
       raise ValueError(f"{r} continuations do not split into groups of {b} prefixes")
     g = r // b
     pmask, smask = prefix_mask_bp.astype(bool), suffix_mask_rt.astype(bool)
-    # The positions `default_positions` gives the concatenated rows.
+    # The positions the concatenated rows get (integer work on [R, P + T]).
     prefix_pos = default_positions(pmask)
-    lengths = jnp.repeat(jnp.sum(pmask, axis=1, dtype=jnp.int32), g)
-    suffix_pos = jnp.maximum(lengths[:, None] + jnp.cumsum(smask, axis=1, dtype=jnp.int32) - 1, 0)
+    suffix_pos = default_positions(
+        jnp.concatenate([jnp.repeat(pmask, g, axis=0), smask], axis=1))[:, p:]
     causal_p = jnp.arange(p)[:, None] >= jnp.arange(p)[None]
     causal_t = jnp.arange(t)[:, None] >= jnp.arange(t)[None]
     per_prompt = lambda prefix, suffix: jnp.concatenate([prefix, suffix.reshape(b, g * t)], 1)

@@ -240,26 +240,12 @@ _GROUPED_FAMILIES = {
 }
 
 
-def _perturbed(model, seed, scale=0.3):
-  """The model with every parameter moved by N(0, scale^2) noise: the
-  initial weights (0.02 normal, zero biases, unit norms) make attention
-  almost uniform and leave q/k/v biases at zero, which would hide masking,
-  position and bias mistakes."""
-  from flax import nnx
-  graphdef, state = nnx.split(model)
-  leaves, treedef = jax.tree.flatten(state)
-  rng = np.random.RandomState(seed)  # host-side noise: no per-shape compiles
-  leaves = [jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape).astype(x.dtype))
-            for x in leaves]
-  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-
-
 def _grouped_model(family, seed=0):
   cfg = models.ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_layers=2,
                            num_heads=4, num_kv_heads=2, head_dim=8,
                            rope=models.RopeConfig(theta=10000.0),
                            **_GROUPED_FAMILIES[family])
-  return _perturbed(models.create(cfg, seed=seed), seed=seed + 100)
+  return testing.perturbed(models.create(cfg, seed=seed), seed=seed + 100)
 
 
 def _grouped_batch(seed=0, g=2):
@@ -276,6 +262,12 @@ def _grouped_batch(seed=0, g=2):
   return tuple(map(jnp.asarray, (prefix, prefix_mask, suffix, suffix_mask)))
 
 
+def _grouped_case(seed, family):
+  """(model, batch, G, P) of one grouped-forward test: G = 2 continuations."""
+  batch = _grouped_batch(seed=seed + 1, g=2)
+  return _grouped_model(family, seed=seed), batch, 2, batch[0].shape[1]
+
+
 def _concat_hidden(model, prefix, prefix_mask, suffix, suffix_mask, g, tile=False):
   """Reference: the full forward on [repeat(prefix, G) ++ suffix]."""
   rep = (lambda x: jnp.tile(x, (g, 1))) if tile else (lambda x: jnp.repeat(x, g, axis=0))
@@ -288,10 +280,7 @@ def _concat_hidden(model, prefix, prefix_mask, suffix, suffix_mask, g, tile=Fals
 @pytest.mark.parametrize("family", list(_GROUPED_FAMILIES))
 def test_grouped_hidden_states_match_concatenated_forward(family):
   from flax import nnx
-  g = 2
-  model = _grouped_model(family, seed=11)
-  prefix, pmask, suffix, smask = _grouped_batch(seed=12, g=g)
-  p = prefix.shape[1]
+  model, (prefix, pmask, suffix, smask), g, p = _grouped_case(11, family)
 
   @nnx.jit
   def run(model):
@@ -314,10 +303,7 @@ def test_grouped_hidden_states_match_concatenated_forward(family):
 @pytest.mark.parametrize("family", list(_GROUPED_FAMILIES))
 def test_grouped_hidden_states_gradient_matches_concatenated_forward(family):
   from flax import nnx
-  g = 2
-  model = _grouped_model(family, seed=21)
-  prefix, pmask, suffix, smask = _grouped_batch(seed=22, g=g)
-  p = prefix.shape[1]
+  model, (prefix, pmask, suffix, smask), g, p = _grouped_case(21, family)
   graphdef, state = nnx.split(model)
   weights = jax.random.normal(jax.random.key(23), (6, 4, 32)) * smask[..., None]
 

@@ -236,23 +236,11 @@ def test_ppo_raises_reward_on_its_prompts(sft_model):
 # -- completion_logps / minibatch_order -----------------------------------------
 
 
-def _perturbed(model, seed, scale=0.3):
-  """Every parameter moved by N(0, scale^2) host-side noise, so the log-probs
-  are far from uniform and a misaligned context shows."""
-  from flax import nnx
-  graphdef, state = nnx.split(model)
-  leaves, treedef = jax.tree.flatten(state)
-  rng = np.random.RandomState(seed)
-  leaves = [jnp.asarray(np.asarray(x) + scale * rng.standard_normal(x.shape).astype(x.dtype))
-            for x in leaves]
-  return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
-
-
 def test_completion_logps_match_full_forward():
   from flax import nnx
   from rankjax import models
   g, vocab = 2, 97
-  model = _perturbed(testing.tiny_model("qwen3", seed=7, vocab_size=vocab, hidden_size=32,
+  model = testing.perturbed(testing.tiny_model("qwen3", seed=7, vocab_size=vocab, hidden_size=32,
                                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                                         intermediate_size=64), seed=8)
   rng = np.random.RandomState(9)
@@ -291,7 +279,7 @@ def test_completion_logps_one_new_token():
   predicts (the grouped forward runs an empty suffix)."""
   from flax import nnx
   from rankjax import models
-  model = _perturbed(testing.tiny_model("llama", seed=3, vocab_size=53, hidden_size=32,
+  model = testing.perturbed(testing.tiny_model("llama", seed=3, vocab_size=53, hidden_size=32,
                                         num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
                                         intermediate_size=64), seed=4)
   prompt = jnp.asarray([[0, 5, 9, 2], [7, 7, 1, 3]], jnp.int32)
