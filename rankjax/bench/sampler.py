@@ -207,12 +207,13 @@ def prefix_agreement(a, b) -> float:
 # ---------------------------------------------------------------------------
 
 
-def _last_logits(model, hidden_btd):
-  return model.logits(hidden_btd[:, -1:])[:, 0]
+def _last_logits(model, hidden_btd, head_vd=None):
+  return model.logits(hidden_btd[:, -1:], head_vd)[:, 0]
 
 
 def _argmax(logits_bv):
-  return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+  # The sampler's own greedy argmax, so the ceiling runs the same ops.
+  return sampling.argmax(logits_bv)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
@@ -227,19 +228,21 @@ def _prefill(graphdef, state, tokens_bp, *, cache_len):
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
-def _layer_weights(graphdef, state):
-  return nnx.merge(graphdef, state).layer_weights()
+def _decode_weights(graphdef, state):
+  model = nnx.merge(graphdef, state)
+  return model.layer_weights(), model.decode_head()
 
 
 # The cache is donated so XLA writes the new keys/values in place; the layer
-# weights come split once, as the sampler splits them before its loop.
+# weights and the LM head come split once, as the sampler makes them before
+# its loop.
 @functools.partial(jax.jit, static_argnames="graphdef", donate_argnames="cache")
-def _decode_step(graphdef, state, weights, tokens_b, positions_b, cache):
+def _decode_step(graphdef, state, weights, head, tokens_b, positions_b, cache):
   model = nnx.merge(graphdef, state)
   ones = jnp.ones((tokens_b.shape[0], 1), bool)
   hidden, cache = model.forward_cached(tokens_b[:, None], positions_b[:, None], ones, cache,
                                        weights)
-  return _argmax(_last_logits(model, hidden)), positions_b + 1, cache
+  return _argmax(_last_logits(model, hidden, head)), positions_b + 1, cache
 
 
 class BareDecode:
@@ -265,9 +268,9 @@ class BareDecode:
     return out
 
   def _decode(self, tok, pos, cache):
-    weights = _layer_weights(self.graphdef, self.state)
+    weights, head = _decode_weights(self.graphdef, self.state)
     for _ in range(self.w.new_tokens):
-      tok, pos, cache = _decode_step(self.graphdef, self.state, weights, tok, pos, cache)
+      tok, pos, cache = _decode_step(self.graphdef, self.state, weights, head, tok, pos, cache)
     return tok
 
   def summary(self) -> dict[str, float]:

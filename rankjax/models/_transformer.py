@@ -392,18 +392,39 @@ class Transformer(nnx.Module):
   def _sin_cos(self, positions_bt):
     return rope_sin_cos(positions_bt, rope_inv_freq(self.config.rope, self.config.head_dim))
 
-  def logits(self, hidden_btd):
-    """LM logits from final hidden states."""
+  def logits(self, hidden_btd, head_vd=None):
+    """LM logits from final hidden states.
+
+    head_vd: `self.decode_head()`, the head as [V, D], made once by a decode
+      loop. Then the logits of the few decode rows come as
+      [V, D] @ [D, rows]: on XLA CPU that streams a [D, 32000] head ~1.5-2x
+      faster than rows @ [D, V] at 16-64 rows (the barrier keeps XLA from
+      folding the transpose back into the dot).
+    """
     if not self.config.lm_head:
       raise ValueError("this model has no LM head (it is a scalar-head model)")
     # One 2-D matmul over all B·T rows (see `_proj`): at [4096, 32000] the
     # 3-D einsum's backward transposed the logits' gradient for the weight's.
     rows = hidden_btd.reshape(-1, hidden_btd.shape[-1])
-    if self.config.tie_word_embeddings:
+    if head_vd is not None:
+      logits = jax.lax.optimization_barrier(head_vd @ rows.T).T
+    elif self.config.tie_word_embeddings:
       logits = rows @ self.embed[...].astype(self._dtype).T
     else:
       logits = rows @ self.lm_head[...].astype(self._dtype)
     return logits.reshape(*hidden_btd.shape[:-1], logits.shape[-1])
+
+  def decode_head(self) -> jax.Array:
+    """The LM head as [V, D] in the compute dtype, for `logits(h, head_vd)`.
+
+    Tied models return the embedding as it is; otherwise this is a
+    transposed copy, made once before a decode loop (like `layer_weights`).
+    """
+    if not self.config.lm_head:
+      raise ValueError("this model has no LM head (it is a scalar-head model)")
+    if self.config.tie_word_embeddings:
+      return self.embed[...].astype(self._dtype)
+    return self.lm_head[...].astype(self._dtype).T
 
   def values(self, hidden_btd):
     """Scalar head per token: [B, T] (num_labels 1) or [B, T, num_labels]."""

@@ -18,10 +18,10 @@ from rankjax.sampling._generate import (
     pad_prompts,
 )
 from rankjax.sampling._loop import SampleOutput, sample_loop
-from rankjax.sampling._processors import RowParams, filter_logits, sample_tokens
+from rankjax.sampling._processors import RowParams, argmax, filter_logits, sample_tokens
 
 __all__ = [
     "BeamOutput", "beam_search", "beam_search_loop", "DEFAULT_BUCKETS",
     "SamplingConfig", "bucket", "generate", "pad_prompts", "SampleOutput",
-    "sample_loop", "RowParams", "filter_logits", "sample_tokens",
+    "sample_loop", "RowParams", "argmax", "filter_logits", "sample_tokens",
 ]

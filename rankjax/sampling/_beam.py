@@ -118,10 +118,11 @@ def beam_search_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp, *,
   mask = prompt_mask_bp.astype(bool)
   positions = default_positions(mask)
   cache = model.init_cache(b, p + n)
-  # Split once: the decode loop reads each layer's weights in place.
-  weights = model.layer_weights()
+  # Split once: the decode loop reads each layer's weights in place, and the
+  # LM head in the layout that few-row matmuls stream fastest.
+  weights, head = model.layer_weights(), model.decode_head()
   hidden, cache = model.forward_cached(prompt_tokens_bp, positions, mask, cache, weights)
-  logits = jnp.repeat(model.logits(hidden[:, -1:])[:, 0], nb, axis=0)
+  logits = jnp.repeat(model.logits(hidden[:, -1:], head)[:, 0], nb, axis=0)
   next_pos = jnp.repeat(positions[:, -1] + 1, nb)
   seqs = jnp.full((b, nb, n), pad_id, jnp.int32)
   s = _Beams(t=jnp.zeros((), jnp.int32), seqs=seqs,
@@ -143,7 +144,7 @@ def beam_search_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp, *,
     pos = (next_pos + s.t - 1)[:, None]
     hidden, cache = model.forward_cached(last[:, None], pos, jnp.ones((b * nb, 1), bool), s.cache,
                                          weights)
-    return step(s.replace(cache=cache), model.logits(hidden)[:, 0])
+    return step(s.replace(cache=cache), model.logits(hidden, head)[:, 0])
 
   s = jax.lax.while_loop(cond, body, s)
   return BeamOutput(tokens=s.fin_seqs[:, 0], scores=s.fin_scores[:, 0],

@@ -100,10 +100,11 @@ def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
   mask = prompt_mask_bp.astype(bool)
   positions = default_positions(mask)
   cache = model.init_cache(b, p + n)
-  # Split once: the decode loop reads each layer's weights in place.
-  weights = model.layer_weights()
+  # Split once: the decode loop reads each layer's weights in place, and the
+  # LM head in the layout that few-row matmuls stream fastest.
+  weights, head = model.layer_weights(), model.decode_head()
   hidden, cache = model.forward_cached(prompt_tokens_bp, positions, mask, cache, weights)
-  logits = jnp.repeat(model.logits(hidden[:, -1:])[:, 0], g, axis=0)
+  logits = jnp.repeat(model.logits(hidden[:, -1:], head)[:, 0], g, axis=0)
   cache = _repeat_cache(cache, g)
   next_pos = jnp.repeat(positions[:, -1] + 1, g)
 
@@ -134,7 +135,7 @@ def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
     pos = (next_pos + t - 1)[:, None]
     hidden, cache = model.forward_cached(state.last[:, None], pos,
                                          jnp.ones((rows, 1), bool), state.cache, weights)
-    logits = model.logits(hidden)[:, 0]
+    logits = model.logits(hidden, head)[:, 0]
     state = sample(state.replace(cache=cache), logits, t)
     return state.replace(step=t + 1)
 

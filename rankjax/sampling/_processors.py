@@ -9,11 +9,9 @@ max + log(min_p). The kept sets are nested, so their intersection is "logit >=
 the largest of the three thresholds", and sampling is one categorical draw
 over the full vocabulary with everything below the threshold masked.
 
-Only the thresholds need order statistics, and they come by bisection on
-order-preserving integer keys of the logits: 32 masked sums per threshold,
-exact, with no sort and no `lax.top_k` (on CPU, `lax.top_k` inside the decode
-loop's `while` body compiles to a full sort of the vocabulary: ~80 ms per
-step at 16 x 32000, against ~1 ms for the same call at the top level).
+Only the thresholds need order statistics, and they come by a radix select
+on order-preserving integer keys of the logits: three histogram passes per
+threshold, exact, with no sort of the vocabulary.
 """
 
 from __future__ import annotations
@@ -48,7 +46,7 @@ def apply_repetition_penalty(logits_rv, seen_rv, penalty_r):
 
 
 def _order_keys(x):
-  """uint32 keys with the order of the float32 values (for bisection)."""
+  """uint32 keys with the order of the float32 values (for the radix select)."""
   bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
   sign = jnp.uint32(0x80000000)
   return jnp.where(bits & sign, ~bits, bits | sign)
@@ -61,20 +59,48 @@ def _key_to_float(key):
   return jnp.where(key == 0, -jnp.inf, jax.lax.bitcast_convert_type(bits, jnp.float32))
 
 
+# Radix digits of the threshold search: three histogram passes over the row.
+_RADIX_BITS = (11, 11, 10)
+
+
 def _largest_key(keys_rv, weights_rv, target_r):
   """Per row, the largest key K with sum(weights[keys >= K]) >= target.
 
-  Weights are non-negative, so the sum only shrinks as K grows and one pass
-  per bit, from the top, finds K exactly: 32 masked sums instead of a sort.
-  K is always the key of a value in the row (or 0 if even the whole row
-  falls short, which keeps everything).
+  Weights are non-negative, so that sum only shrinks as K grows, and K is
+  found digit by digit from the top (a radix select): each pass histograms
+  the weights of the keys that share the digits found so far into 2^bits
+  buckets (one scatter-add over the row), and takes the largest bucket whose
+  upper mass still reaches the target. Three passes instead of 32 masked
+  sums (16x32000: ~2.5 ms against ~10 ms per decode step on one CPU thread).
+  K is always the key of a value in the row, or 0 if even the whole row falls
+  short (which keeps everything).
   """
-  def bit(i, k_r):
-    cand = k_r | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-    mass = jnp.sum(jnp.where(keys_rv >= cand[:, None], weights_rv, 0), axis=-1)
-    return jnp.where(mass >= target_r, cand, k_r)
-
-  return jax.lax.fori_loop(0, 32, bit, jnp.zeros(keys_rv.shape[:1], jnp.uint32))
+  r = keys_rv.shape[0]
+  found = jnp.zeros((r,), jnp.uint32)        # the digits fixed so far
+  row_base = jnp.arange(r, dtype=jnp.int32)[:, None]
+  reached = None
+  done = 0
+  for level, bits in enumerate(_RADIX_BITS):
+    shift = 32 - done - bits
+    digit = ((keys_rv >> shift) & ((1 << bits) - 1)).astype(jnp.int32)
+    weights = weights_rv if level == 0 else jnp.where(
+        (keys_rv >> (32 - done)) == found[:, None], weights_rv, 0)
+    # One flat scatter-add: on CPU it is ~2x faster than a 2-D one.
+    hist = jnp.zeros((r << bits,), weights_rv.dtype).at[
+        (digit + (row_base << bits)).reshape(-1)].add(
+            weights.reshape(-1), mode="promise_in_bounds").reshape(r, -1)
+    upper = jnp.cumsum(hist[:, ::-1], axis=-1)[:, ::-1]           # mass of digits >= d
+    best = jnp.max(jnp.where(upper >= target_r[:, None], jnp.arange(1 << bits), -1), axis=-1)
+    if level == 0:
+      reached = best >= 0
+    # Below the top digit the bucket found above holds the target up to
+    # rounding; if rounding says otherwise, its lowest digit keeps the most.
+    best = jnp.maximum(best, 0)
+    above = jnp.take_along_axis(jnp.pad(upper, ((0, 0), (0, 1))), (best + 1)[:, None], -1)[:, 0]
+    target_r = target_r - above
+    found = (found << bits) | best.astype(jnp.uint32)
+    done += bits
+  return jnp.where(reached, found, jnp.uint32(0))
 
 
 def exact_thresholds(scaled_rv, params: RowParams):
@@ -83,7 +109,7 @@ def exact_thresholds(scaled_rv, params: RowParams):
   top-k: the k-th largest logit = the largest value with at least k logits
   at or above it (ties with it stay, as in transformers). top-p: the largest
   value whose upper set (within top-k) holds probability >= p, normalised
-  over the top-k set as transformers does. Each by bisection on
+  over the top-k set as transformers does. Each by a radix select on
   order-preserving integer keys, and only when some row uses it.
   """
   keys = _order_keys(scaled_rv)
@@ -117,7 +143,7 @@ def filter_logits(logits_rv, params: RowParams):
   """
   temp = jnp.where(params.temperature > 0, params.temperature, 1.0)
   scaled = logits_rv.astype(jnp.float32) / temp[:, None]
-  # Each bisection runs only when some row has its filter on.
+  # Each threshold search runs only when some row has its filter on.
   thresh = exact_thresholds(scaled, params)
   # min-p: prob >= min_p * max prob  <=>  logit >= max + log(min_p).
   min_p_thresh = jnp.where(params.min_p > 0,
@@ -161,6 +187,21 @@ def categorical(rng, logits_rv, block: int = 128):
   return token, logp
 
 
+def argmax(logits_rv, block: int = 128):
+  """`jnp.argmax(logits_rv, -1)` (first index of the maximum), by blocks.
+
+  The max of each block of `block` logits, the first block holding the row
+  maximum, then the first maximum inside it: on CPU, ~7x faster at
+  16 x 32000 than one variadic (value, index) reduction over the row.
+  """
+  r, v = logits_rv.shape
+  x = jnp.pad(logits_rv, ((0, 0), (0, (-v) % block)), constant_values=-jnp.inf)
+  x = x.reshape(r, -1, block)
+  b = jnp.argmax(jnp.max(x, axis=-1), axis=-1)
+  inner = jnp.take_along_axis(x, b[:, None, None], axis=1)[:, 0]
+  return (b * block + jnp.argmax(inner, axis=-1)).astype(jnp.int32)
+
+
 def sample_tokens(rng, logits_rv, seen_rv, params: RowParams):
   """One decoding step for R rows.
 
@@ -170,7 +211,7 @@ def sample_tokens(rng, logits_rv, seen_rv, params: RowParams):
   logits32 = logits_rv.astype(jnp.float32)  # upcast before log-softmax
   penalised = logits32 if seen_rv is None else apply_repetition_penalty(
       logits32, seen_rv, params.repetition_penalty)
-  greedy = jnp.argmax(penalised, axis=-1).astype(jnp.int32)
+  greedy = argmax(penalised)
   is_greedy = params.temperature <= 0
 
   def draw(_):

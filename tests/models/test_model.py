@@ -80,10 +80,13 @@ def test_cached_decode_matches_full_forward(family):
   cache = model.init_cache(batch=3, max_length=20)
   hidden, cache = model.forward_cached(tokens[:, :6], positions[:, :6], mask[:, :6], cache)
   steps = [model.logits(hidden)]
+  # The decode steps take the logits from the [V, D] decode head (tied for
+  # qwen2, a transposed copy otherwise), as the sampler does.
+  head = model.decode_head()
   for t in range(6, tokens.shape[1]):
     sl = slice(t, t + 1)
     hidden, cache = model.forward_cached(tokens[:, sl], positions[:, sl], mask[:, sl], cache)
-    steps.append(model.logits(hidden))
+    steps.append(model.logits(hidden, head))
   cached = jnp.concatenate(steps, axis=1)
   valid = np.asarray(mask).astype(bool)
   np.testing.assert_allclose(np.asarray(cached)[valid], np.asarray(full)[valid], atol=1e-5)

@@ -164,7 +164,7 @@ def _kept_by_sorting(x, top_k, top_p):
 
 
 def test_filter_thresholds_exact_with_ties():
-  """The bisection thresholds keep exactly the sort-based token sets, on
+  """The radix-select thresholds keep exactly the sort-based token sets, on
   rows with many ties, top-k wider than the vocabulary, and mixed rows."""
   rng = np.random.default_rng(0)
   rows, vocab = 48, 97
@@ -180,6 +180,43 @@ def test_filter_thresholds_exact_with_ties():
   kept = np.asarray(filter_logits(jnp.asarray(x), params)) > -1e29
   for r in range(rows):
     want = _kept_by_sorting(x[r], int(top_k[r]), float(top_p[r]))
+    np.testing.assert_array_equal(kept[r], want, err_msg=f"row {r}: k={top_k[r]} p={top_p[r]}")
+
+
+def test_filter_thresholds_exact_at_full_vocabulary():
+  """At a 32000-token vocabulary every radix pass has many keys per bucket:
+  sharp and near-uniform rows, negative and positive logits, ties, and a
+  nucleus from a few tokens to most of the vocabulary. Each p lies midway
+  between two cumulative masses, so the kept set is decided well above
+  float32 rounding (a p within ~1e-7 of a cumulative mass is a tie at this
+  precision, for the float64 reference as for transformers in float32)."""
+  rng = np.random.default_rng(1)
+  rows, vocab = 8, 32000
+  scale = np.asarray([0.05, 0.5, 1.0, 2.0, 4.0, 8.0, 1.0, 0.3])[:, None]
+  x = (rng.normal(size=(rows, vocab)) * scale - 3.0).astype(np.float32)
+  x[6] = np.round(x[6], 1)  # heavy ties
+  top_k = np.asarray([0, 0, 50, 0, 0, 31999, 0, 1000], np.int32)
+  mass = np.asarray([0.9, 0.5, 0.8, 0.05, 0.99, 0.7, 0.6, 1.0])
+  top_p = np.ones(rows, np.float32)
+  for r in range(rows):
+    s = -np.sort(-x[r].astype(np.float64))
+    if top_k[r]:
+      s = s[s >= s[top_k[r] - 1]]
+    cum = np.cumsum(np.exp(s - np.logaddexp.reduce(s)))
+    c = max(2, int(np.searchsorted(cum, mass[r])) + 1)
+    while c < len(s) and s[c - 1] == s[c]:  # move to a boundary between distinct logits
+      c += 1
+    if c < len(s):
+      top_p[r] = (cum[c - 2] + cum[c - 1]) / 2
+  assert (top_p < 1).sum() == 7   # row 7 is top-k alone
+  params = RowParams(temperature=jnp.ones(rows), top_k=jnp.asarray(top_k),
+                     top_p=jnp.asarray(top_p), min_p=jnp.zeros(rows),
+                     repetition_penalty=jnp.ones(rows),
+                     max_new_tokens=jnp.ones(rows, jnp.int32))
+  kept = np.asarray(jax.jit(filter_logits)(jnp.asarray(x), params)) > -1e29
+  for r in range(rows):
+    want = _kept_by_sorting(x[r], int(top_k[r]), float(top_p[r]))
+    assert 1 <= want.sum() < vocab
     np.testing.assert_array_equal(kept[r], want, err_msg=f"row {r}: k={top_k[r]} p={top_p[r]}")
 
 
@@ -297,3 +334,17 @@ def test_bad_input_raises_before_compiling(prompts, kw, match):
 def test_beam_search_rejects_sampling():
   with pytest.raises(ValueError, match="beam search with sampling"):
     sampling.beam_search(testing.tiny_model("llama"), [[1, 2]], temperature=0.7)
+
+
+def test_block_argmax_equals_argmax():
+  """The sampler's blocked argmax is jnp.argmax: first index of the maximum,
+  with ties across and within blocks and a vocabulary not a multiple of the
+  block."""
+  rng = np.random.default_rng(3)
+  x = np.round(rng.normal(size=(6, 1000)), 1).astype(np.float32)
+  x[1, [5, 700]] = 9.0             # tie across blocks
+  x[2, [130, 131]] = 9.0           # tie inside a block
+  x[3, 999] = 9.0                  # in the padded last block
+  x[4] = 0.0                       # all equal
+  np.testing.assert_array_equal(np.asarray(sampling.argmax(jnp.asarray(x))),
+                                np.argmax(x, axis=-1))
