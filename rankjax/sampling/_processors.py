@@ -63,8 +63,11 @@ def _key_to_float(key):
 _RADIX_BITS = (11, 11, 10)
 
 
-def _largest_key(keys_rv, weights_rv, target_r):
+def _largest_key(keys_rv, weights_rv, target_r, *, relative: bool = False):
   """Per row, the largest key K with sum(weights[keys >= K]) >= target.
+
+  relative: the target is a fraction of the row's total weight (taken from
+  the first histogram, so unnormalised weights need no extra pass).
 
   Weights are non-negative, so that sum only shrinks as K grows, and K is
   found digit by digit from the top (a radix select): each pass histograms
@@ -90,6 +93,8 @@ def _largest_key(keys_rv, weights_rv, target_r):
         (digit + (row_base << bits)).reshape(-1)].add(
             weights.reshape(-1), mode="promise_in_bounds").reshape(r, -1)
     upper = jnp.cumsum(hist[:, ::-1], axis=-1)[:, ::-1]           # mass of digits >= d
+    if level == 0 and relative:
+      target_r = target_r * upper[:, 0]
     best = jnp.max(jnp.where(upper >= target_r[:, None], jnp.arange(1 << bits), -1), axis=-1)
     if level == 0:
       reached = best >= 0
@@ -103,7 +108,7 @@ def _largest_key(keys_rv, weights_rv, target_r):
   return jnp.where(reached, found, jnp.uint32(0))
 
 
-def exact_thresholds(scaled_rv, params: RowParams):
+def exact_thresholds(scaled_rv, top_r, params: RowParams):
   """The top-k and top-p threshold of every row, exactly, without sorting.
 
   top-k: the k-th largest logit = the largest value with at least k logits
@@ -111,6 +116,7 @@ def exact_thresholds(scaled_rv, params: RowParams):
   value whose upper set (within top-k) holds probability >= p, normalised
   over the top-k set as transformers does. Each by a radix select on
   order-preserving integer keys, and only when some row uses it.
+  top_r: each row's maximum of `scaled_rv`.
   """
   keys = _order_keys(scaled_rv)
   k = params.top_k
@@ -124,10 +130,10 @@ def exact_thresholds(scaled_rv, params: RowParams):
                           lambda _: jnp.full(k.shape, _NEG), None)
 
   def nucleus(_):
-    in_k = scaled_rv >= k_thresh[:, None]
-    lse = jax.nn.logsumexp(jnp.where(in_k, scaled_rv, -jnp.inf), axis=-1)
-    probs = jnp.where(in_k, jnp.exp(scaled_rv - lse[:, None]), 0.0)
-    p_key = _largest_key(keys, probs, params.top_p)
+    # Unnormalised probabilities over the top-k set; the target is p times
+    # their total, so no separate normalising pass.
+    w = jnp.exp(jnp.where(scaled_rv >= k_thresh[:, None], scaled_rv - top_r[:, None], -jnp.inf))
+    p_key = _largest_key(keys, w, params.top_p, relative=True)
     return jnp.where(params.top_p < 1.0, _key_to_float(p_key), _NEG)
 
   p_thresh = jax.lax.cond(jnp.any(params.top_p < 1.0), nucleus,
@@ -143,12 +149,12 @@ def filter_logits(logits_rv, params: RowParams):
   """
   temp = jnp.where(params.temperature > 0, params.temperature, 1.0)
   scaled = logits_rv.astype(jnp.float32) / temp[:, None]
+  top = jnp.max(scaled, axis=-1)
   # Each threshold search runs only when some row has its filter on.
-  thresh = exact_thresholds(scaled, params)
+  thresh = exact_thresholds(scaled, top, params)
   # min-p: prob >= min_p * max prob  <=>  logit >= max + log(min_p).
   min_p_thresh = jnp.where(params.min_p > 0,
-                           jnp.max(scaled, axis=-1) + jnp.log(jnp.maximum(params.min_p, 1e-30)),
-                           _NEG)
+                           top + jnp.log(jnp.maximum(params.min_p, 1e-30)), _NEG)
   thresh = jnp.maximum(thresh, min_p_thresh)
   return jnp.where(scaled >= thresh[:, None], scaled, _NEG)
 
@@ -166,8 +172,8 @@ def categorical(rng, logits_rv, block: int = 128):
   pad = (-v) % block
   x = jnp.pad(logits_rv.astype(jnp.float32), ((0, 0), (0, pad)), constant_values=-jnp.inf)
   top = jnp.max(x, axis=-1, keepdims=True)
-  mass = jnp.exp(x - top).reshape(r, -1, block)          # [R, nb, block]
-  block_mass = jnp.sum(mass, axis=-1)                     # [R, nb]
+  x = x.reshape(r, -1, block)                              # [R, nb, block]
+  block_mass = jnp.sum(jnp.exp(x - top[:, :, None]), axis=-1)   # [R, nb]
   block_cum = jnp.cumsum(block_mass, axis=-1)
   u = jax.random.uniform(rng, (r, 1)) * block_cum[:, -1:]
 
@@ -179,11 +185,13 @@ def categorical(rng, logits_rv, block: int = 128):
     return jnp.minimum(idx, last)
 
   b = pick(block_cum, block_mass, u)
-  inner = jnp.take_along_axis(mass, b[:, None, None], axis=1)[:, 0]     # [R, block]
+  # The chosen block's masses again, from its logits (no [R, V] exp kept).
+  inner = jnp.exp(jnp.take_along_axis(x, b[:, None, None], axis=1)[:, 0] - top)  # [R, block]
   before = jnp.take_along_axis(block_cum - block_mass, b[:, None], -1)
   j = pick(before + jnp.cumsum(inner, axis=-1), inner, u)
   token = (b * block + j).astype(jnp.int32)
-  logp = (jnp.take_along_axis(x, token[:, None], -1) - top)[:, 0] - jnp.log(block_cum[:, -1])
+  logp = (jnp.take_along_axis(x.reshape(r, -1), token[:, None], -1) - top)[:, 0] - jnp.log(
+      block_cum[:, -1])
   return token, logp
 
 
