@@ -47,11 +47,21 @@ class KVCache:
   mask:  bool[B, S] — slot holds a real (non-padding) token.
   index: int32[] — the next slot to write; every row writes the same slot, so
          ragged prompts are left-padded and carry their own positions.
+  rows:  int32[B, S] or None — row b reads slot s from row rows[b, s] (a slot
+         table, as in paged attention). Beam search reorders this table
+         instead of copying the whole cache each step; rows always write
+         their new slots into their own storage. None: each row reads its own.
   """
   k: jax.Array
   v: jax.Array
   mask: jax.Array
   index: jax.Array
+  rows: jax.Array | None = None
+
+  def with_slot_table(self) -> "KVCache":
+    """This cache with an identity slot table (each row reads its own)."""
+    b, s = self.mask.shape
+    return self.replace(rows=jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, s)))
 
   @property
   def max_length(self) -> int:
@@ -280,12 +290,20 @@ def grouped_block(x_bud, w, *, cfg: ModelConfig, sin, cos, prefix_mask_bpp, pref
   return _finish_block(x_bud, attn, w, cfg)
 
 
+def read_slots(x_bksh, rows_bs):
+  """x[rows[b, s], :, s] for every row b and slot s: each row's keys or
+  values through a slot table (one gather of [B, K, S, H])."""
+  b, k, s, _ = x_bksh.shape
+  return x_bksh[rows_bs[:, None, :], jnp.arange(k)[None, :, None], jnp.arange(s)[None, None, :]]
+
+
 def cached_block(x_btd, w, cache_k, cache_v, layer: int, *, cfg: ModelConfig, sin,
-                 cos, mask_bts, index):
+                 cos, mask_bts, index, rows_bs=None):
   """One layer that writes its new keys/values into the stacked cache.
 
   The cache is updated with `dynamic_update_slice` on the carried buffer, so
   XLA updates it in place instead of rebuilding [L, B, K, S, H] every step.
+  rows_bs: the cache's slot table, or None (each row reads its own slots).
   """
   q, k, v = _qkv(x_btd, w, cfg, sin, cos)
   start = (layer, 0, 0, index, 0)
@@ -293,8 +311,10 @@ def cached_block(x_btd, w, cache_k, cache_v, layer: int, *, cfg: ModelConfig, si
   new_v = v.transpose(0, 2, 1, 3)[None].astype(cache_v.dtype)
   cache_k = jax.lax.dynamic_update_slice(cache_k, new_k, start)
   cache_v = jax.lax.dynamic_update_slice(cache_v, new_v, start)
-  attn = head_major_attention(q, cache_k[layer].astype(q.dtype),
-                              cache_v[layer].astype(q.dtype), mask_bts)
+  keys, values = cache_k[layer], cache_v[layer]
+  if rows_bs is not None:
+    keys, values = read_slots(keys, rows_bs), read_slots(values, rows_bs)
+  attn = head_major_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask_bts)
   return _finish_block(x_btd, attn, w, cfg), cache_k, cache_v
 
 
@@ -398,8 +418,10 @@ class Transformer(nnx.Module):
     head_vd: `self.decode_head()`, the head as [V, D], made once by a decode
       loop. Then the logits of the few decode rows come as
       [V, D] @ [D, rows]: on XLA CPU that streams a [D, 32000] head ~1.5-2x
-      faster than rows @ [D, V] at 16-64 rows (the barrier keeps XLA from
-      folding the transpose back into the dot).
+      faster than rows @ [D, V] at 16-64 rows. The barriers keep the dot and
+      the transpose apart: XLA would fold the transpose back into the dot, or
+      into the logits' consumers, which then read [V, rows] across its
+      stride (a beam step's log-softmax took 14 ms that way at 64 rows).
     """
     if not self.config.lm_head:
       raise ValueError("this model has no LM head (it is a scalar-head model)")
@@ -407,7 +429,7 @@ class Transformer(nnx.Module):
     # 3-D einsum's backward transposed the logits' gradient for the weight's.
     rows = hidden_btd.reshape(-1, hidden_btd.shape[-1])
     if head_vd is not None:
-      logits = jax.lax.optimization_barrier(head_vd @ rows.T).T
+      logits = jax.lax.optimization_barrier(jax.lax.optimization_barrier(head_vd @ rows.T).T)
     elif self.config.tie_word_embeddings:
       logits = rows @ self.embed[...].astype(self._dtype).T
     else:
@@ -547,13 +569,18 @@ class Transformer(nnx.Module):
     causal = slots[None, :] <= (index + jnp.arange(t))[:, None]       # [T, S]
     mask = causal[None] & kv_mask[:, None, :]                          # [B, T, S]
     sin, cos = self._sin_cos(positions_bt)
+    rows = cache.rows
+    if rows is not None:
+      # The new slots live in each row's own storage.
+      own = jnp.broadcast_to(jnp.arange(rows.shape[0], dtype=rows.dtype)[:, None], (rows.shape[0], t))
+      rows = jax.lax.dynamic_update_slice(rows, own, (0, index))
     x, k, v = self._embed(tokens_bt), cache.k, cache.v
     weights = self.layer_weights() if layer_weights is None else layer_weights
     for layer, w in enumerate(weights):
       x, k, v = cached_block(x, w, k, v, layer, cfg=cfg, sin=sin, cos=cos, mask_bts=mask,
-                             index=index)
+                             index=index, rows_bs=rows)
     hidden = rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)
-    return hidden, KVCache(k=k, v=v, mask=kv_mask, index=index + t)
+    return hidden, KVCache(k=k, v=v, mask=kv_mask, index=index + t, rows=rows)
 
   def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
     return init_cache(self.config, batch, max_length, dtype)

@@ -97,10 +97,11 @@ def _step(s: _Beams, logits, *, nb, n, eos_ids, length_penalty, early_stopping):
   worst = jnp.where(fin_flags, jnp.min(fin_scores, axis=1, keepdims=True), -_BIG)
   improvable = s.improvable & jnp.any(best_possible > worst, axis=-1, keepdims=True)
 
-  # Reorder the cache rows to follow their beams.
+  # Each beam takes its parent's slot table and mask; the keys and values
+  # stay where they are (copying the whole cache every step cost more than
+  # the rest of the beam step on CPU).
   rows = (jnp.arange(b)[:, None] * nb + beam_src).reshape(-1)
-  cache = s.cache.replace(k=jnp.take(s.cache.k, rows, axis=1),
-                          v=jnp.take(s.cache.v, rows, axis=1),
+  cache = s.cache.replace(rows=jnp.take(s.cache.rows, rows, axis=0),
                           mask=jnp.take(s.cache.mask, rows, axis=0))
   return _Beams(t=s.t + 1, seqs=seqs, scores=scores, fin_seqs=_gather(m_seqs, best),
                 fin_scores=fin_scores, fin_lengths=_gather(m_lens, best),
@@ -130,7 +131,7 @@ def beam_search_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp, *,
              fin_seqs=seqs, fin_scores=jnp.full((b, nb), -_BIG, jnp.float32),
              fin_lengths=jnp.zeros((b, nb), jnp.int32), fin_flags=jnp.zeros((b, nb), bool),
              improvable=jnp.ones((b, 1), bool), all_hit=jnp.zeros((), bool),
-             cache=_repeat_cache(cache, nb))
+             cache=_repeat_cache(cache, nb).with_slot_table())
   step = functools.partial(_step, nb=nb, n=n, eos_ids=eos_ids,
                            length_penalty=length_penalty, early_stopping=early_stopping)
   s = step(s, logits)

@@ -93,6 +93,30 @@ def test_cached_decode_matches_full_forward(family):
   assert int(cache.index) == tokens.shape[1]
 
 
+def test_slot_table_equals_reordered_cache():
+  """Reading through a slot table (beam search's reorder) gives what
+  physically reordering the cache gives, over two decode steps that write
+  into each row's own storage."""
+  model = testing.tiny_model("llama", seed=5)
+  tokens, mask = _ragged_batch(seed=6, lengths=(7, 4, 6), left=True)
+  tokens, mask = jnp.asarray(tokens), jnp.asarray(mask)
+  positions = models.default_positions(mask)
+  cache = model.init_cache(batch=3, max_length=12)
+  _, cache = model.forward_cached(tokens, positions, mask, cache)
+  perm = jnp.asarray([2, 0, 0])
+  moved = cache.replace(k=cache.k[:, perm], v=cache.v[:, perm], mask=cache.mask[perm])
+  table = cache.with_slot_table()
+  table = table.replace(rows=table.rows[perm], mask=table.mask[perm])
+  pos = positions[perm, -1:] + 1
+  for step in range(2):
+    nxt = jnp.asarray([[3 + step], [5], [9 - step]])
+    h_moved, moved = model.forward_cached(nxt, pos + step, jnp.ones((3, 1), bool), moved)
+    h_table, table = model.forward_cached(nxt, pos + step, jnp.ones((3, 1), bool), table)
+    np.testing.assert_allclose(np.asarray(h_table), np.asarray(h_moved), atol=1e-6)
+  # The new slots went into each row's own storage.
+  np.testing.assert_array_equal(np.asarray(table.rows[:, 7:9]), [[0, 0], [1, 1], [2, 2]])
+
+
 def test_packed_segments_equal_separate_rows():
   model = testing.tiny_model("qwen3", seed=5)
   a = jnp.arange(3, 10)[None]
