@@ -41,9 +41,11 @@ _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 class KVCache:
   """Preallocated keys/values for incremental decoding.
 
-  k, v:  [L, B, K, S, H] — slot s of row b holds the token written at step s
-         (head-major: decode attention reads each head's [S, H] keys as they
-         lie, with no per-step transpose of the cache).
+  k, v:  L arrays [B, K, S, H], one per layer — slot s of row b holds the
+         token written at step s (head-major: decode attention reads each
+         head's [S, H] keys as they lie, with no per-step transpose; one array
+         per layer, so attention reads its layer in place: slicing a stacked
+         [L, ...] cache copied each layer's keys and values every step).
   mask:  bool[B, S] — slot holds a real (non-padding) token.
   index: int32[] — the next slot to write; every row writes the same slot, so
          ragged prompts are left-padded and carry their own positions.
@@ -52,8 +54,8 @@ class KVCache:
          instead of copying the whole cache each step; rows always write
          their new slots into their own storage. None: each row reads its own.
   """
-  k: jax.Array
-  v: jax.Array
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
   mask: jax.Array
   index: jax.Array
   rows: jax.Array | None = None
@@ -65,14 +67,16 @@ class KVCache:
 
   @property
   def max_length(self) -> int:
-    return self.k.shape[3]
+    return self.k[0].shape[2]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_length: int,
                dtype=None) -> KVCache:
   dtype = dtype or cfg.dtype
-  shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_length, cfg.head_dim)
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+  shape = (batch, cfg.num_kv_heads, max_length, cfg.head_dim)
+  layers = range(cfg.num_layers)
+  return KVCache(k=tuple(jnp.zeros(shape, dtype) for _ in layers),
+                 v=tuple(jnp.zeros(shape, dtype) for _ in layers),
                  mask=jnp.zeros((batch, max_length), bool),
                  index=jnp.zeros((), jnp.int32))
 
@@ -302,21 +306,21 @@ def read_slots(x_bksh, rows_bs):
   return x_bksh[rows_bs[:, None, :], jnp.arange(k)[None, :, None], jnp.arange(s)[None, None, :]]
 
 
-def cached_block(x_btd, w, cache_k, cache_v, layer: int, *, cfg: ModelConfig, sin,
-                 cos, mask_bts, index, rows_bs=None):
-  """One layer that writes its new keys/values into the stacked cache.
+def cached_block(x_btd, w, cache_k, cache_v, *, cfg: ModelConfig, sin, cos, mask_bts, index,
+                 rows_bs=None):
+  """One layer that writes its new keys/values into its cache [B, K, S, H].
 
   The cache is updated with `dynamic_update_slice` on the carried buffer, so
-  XLA updates it in place instead of rebuilding [L, B, K, S, H] every step.
+  XLA updates it in place instead of rebuilding it every step.
   rows_bs: the cache's slot table, or None (each row reads its own slots).
   """
   q, k, v = _qkv(x_btd, w, cfg, sin, cos)
-  start = (layer, 0, 0, index, 0)
-  new_k = k.transpose(0, 2, 1, 3)[None].astype(cache_k.dtype)   # [1, B, K, T, H]
-  new_v = v.transpose(0, 2, 1, 3)[None].astype(cache_v.dtype)
-  cache_k = jax.lax.dynamic_update_slice(cache_k, new_k, start)
-  cache_v = jax.lax.dynamic_update_slice(cache_v, new_v, start)
-  keys, values = cache_k[layer], cache_v[layer]
+  start = (0, 0, index, 0)
+  cache_k = jax.lax.dynamic_update_slice(cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype),
+                                         start)
+  cache_v = jax.lax.dynamic_update_slice(cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype),
+                                         start)
+  keys, values = cache_k, cache_v
   if rows_bs is not None:
     keys, values = read_slots(keys, rows_bs), read_slots(values, rows_bs)
   attn = head_major_attention(q, keys.astype(q.dtype), values.astype(q.dtype), mask_bts)
@@ -579,13 +583,15 @@ class Transformer(nnx.Module):
       # The new slots live in each row's own storage.
       own = jnp.broadcast_to(jnp.arange(rows.shape[0], dtype=rows.dtype)[:, None], (rows.shape[0], t))
       rows = jax.lax.dynamic_update_slice(rows, own, (0, index))
-    x, k, v = self._embed(tokens_bt), cache.k, cache.v
+    x, ks, vs = self._embed(tokens_bt), [], []
     weights = self.layer_weights() if layer_weights is None else layer_weights
-    for layer, w in enumerate(weights):
-      x, k, v = cached_block(x, w, k, v, layer, cfg=cfg, sin=sin, cos=cos, mask_bts=mask,
-                             index=index, rows_bs=rows)
+    for w, k, v in zip(weights, cache.k, cache.v):
+      x, k, v = cached_block(x, w, k, v, cfg=cfg, sin=sin, cos=cos, mask_bts=mask, index=index,
+                             rows_bs=rows)
+      ks.append(k)
+      vs.append(v)
     hidden = rms_norm(x, self.final_norm[...].astype(self._dtype), cfg.rms_norm_eps)
-    return hidden, KVCache(k=k, v=v, mask=kv_mask, index=index + t, rows=rows)
+    return hidden, KVCache(k=tuple(ks), v=tuple(vs), mask=kv_mask, index=index + t, rows=rows)
 
   def init_cache(self, batch: int, max_length: int, dtype=None) -> KVCache:
     return init_cache(self.config, batch, max_length, dtype)

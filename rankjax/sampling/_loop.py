@@ -54,7 +54,8 @@ def _repeat_cache(cache: KVCache, n: int) -> KVCache:
   # Inside the graph: each prompt is prefilled once and its keys/values are
   # broadcast to its n samples (the GRPO group).
   assert cache.rows is None, "repeat a cache before giving it a slot table"
-  return KVCache(k=jnp.repeat(cache.k, n, axis=1), v=jnp.repeat(cache.v, n, axis=1),
+  return KVCache(k=tuple(jnp.repeat(x, n, axis=0) for x in cache.k),
+                 v=tuple(jnp.repeat(x, n, axis=0) for x in cache.v),
                  mask=jnp.repeat(cache.mask, n, axis=0), index=cache.index)
 
 

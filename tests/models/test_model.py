@@ -104,7 +104,8 @@ def test_slot_table_equals_reordered_cache():
   cache = model.init_cache(batch=3, max_length=12)
   _, cache = model.forward_cached(tokens, positions, mask, cache)
   perm = jnp.asarray([2, 0, 0])
-  moved = cache.replace(k=cache.k[:, perm], v=cache.v[:, perm], mask=cache.mask[perm])
+  moved = cache.replace(k=tuple(x[perm] for x in cache.k), v=tuple(x[perm] for x in cache.v),
+                        mask=cache.mask[perm])
   table = cache.with_slot_table()
   table = table.replace(rows=table.rows[perm], mask=table.mask[perm])
   pos = positions[perm, -1:] + 1
