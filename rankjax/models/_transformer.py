@@ -302,7 +302,7 @@ def grouped_block(x_bud, w, *, cfg: ModelConfig, sin, cos, prefix_mask_bpp, pref
 def read_slots(x_bksh, rows_bs):
   """x[rows[b, s], :, s] for every row b and slot s: each row's keys or
   values through a slot table (one gather of [B, K, S, H])."""
-  b, k, s, _ = x_bksh.shape
+  _, k, s, _ = x_bksh.shape
   return x_bksh[rows_bs[:, None, :], jnp.arange(k)[None, :, None], jnp.arange(s)[None, None, :]]
 
 
