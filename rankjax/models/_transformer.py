@@ -62,12 +62,16 @@ class KVCache:
 
   def with_slot_table(self) -> "KVCache":
     """This cache with an identity slot table (each row reads its own)."""
-    b, s = self.mask.shape
-    return self.replace(rows=jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, s)))
+    return self.replace(rows=_own_rows(*self.mask.shape))
 
   @property
   def max_length(self) -> int:
     return self.k[0].shape[2]
+
+
+def _own_rows(batch: int, slots: int) -> jax.Array:
+  """i32[batch, slots]: every slot of row b read from row b."""
+  return jnp.broadcast_to(jnp.arange(batch, dtype=jnp.int32)[:, None], (batch, slots))
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_length: int,
@@ -581,8 +585,7 @@ class Transformer(nnx.Module):
     rows = cache.rows
     if rows is not None:
       # The new slots live in each row's own storage.
-      own = jnp.broadcast_to(jnp.arange(rows.shape[0], dtype=rows.dtype)[:, None], (rows.shape[0], t))
-      rows = jax.lax.dynamic_update_slice(rows, own, (0, index))
+      rows = jax.lax.dynamic_update_slice(rows, _own_rows(rows.shape[0], t), (0, index))
     x, ks, vs = self._embed(tokens_bt), [], []
     weights = self.layer_weights() if layer_weights is None else layer_weights
     for w, k, v in zip(weights, cache.k, cache.v):

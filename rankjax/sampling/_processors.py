@@ -118,12 +118,12 @@ def exact_thresholds(scaled_rv, top_r, params: RowParams):
   order-preserving integer keys, and only when some row uses it.
   top_r: each row's maximum of `scaled_rv`.
   """
-  keys = _order_keys(scaled_rv)
   k = params.top_k
   v = scaled_rv.shape[-1]
 
   def kth_largest(_):
-    k_key = _largest_key(keys, jnp.ones(scaled_rv.shape, jnp.float32), k.astype(jnp.float32))
+    k_key = _largest_key(_order_keys(scaled_rv), jnp.ones(scaled_rv.shape, jnp.float32),
+                         k.astype(jnp.float32))
     return jnp.where((k > 0) & (k < v), _key_to_float(k_key), _NEG)
 
   k_thresh = jax.lax.cond(jnp.any(k > 0), kth_largest,
@@ -133,7 +133,7 @@ def exact_thresholds(scaled_rv, top_r, params: RowParams):
     # Unnormalised probabilities over the top-k set; the target is p times
     # their total, so no separate normalising pass.
     w = jnp.exp(jnp.where(scaled_rv >= k_thresh[:, None], scaled_rv - top_r[:, None], -jnp.inf))
-    p_key = _largest_key(keys, w, params.top_p, relative=True)
+    p_key = _largest_key(_order_keys(scaled_rv), w, params.top_p, relative=True)
     return jnp.where(params.top_p < 1.0, _key_to_float(p_key), _NEG)
 
   p_thresh = jax.lax.cond(jnp.any(params.top_p < 1.0), nucleus,
@@ -169,6 +169,17 @@ def filter_logits(logits_rv, params: RowParams):
   return jnp.where(scaled >= thresh[:, None], scaled, _NEG)
 
 
+def _blocks(x_rv, block: int):
+  """[R, V] -> [R, ceil(V / block), block], padded with -inf."""
+  r, v = x_rv.shape
+  return jnp.pad(x_rv, ((0, 0), (0, (-v) % block)), constant_values=-jnp.inf).reshape(r, -1, block)
+
+
+def _block(x_rnb, b_r):
+  """Block b[r] of each row r: [R, block]."""
+  return jnp.take_along_axis(x_rnb, b_r[:, None, None], axis=1)[:, 0]
+
+
 def categorical(rng, logits_rv, block: int = 128, *, floor=None, top=None):
   """One draw per row from softmax(logits) and its log-prob, by inverse CDF.
 
@@ -182,16 +193,13 @@ def categorical(rng, logits_rv, block: int = 128, *, floor=None, top=None):
   top: f32[R], each row's maximum logit when the caller has it (the row
     maximum always passes the filters).
   """
-  r, v = logits_rv.shape
-  x = jnp.pad(logits_rv.astype(jnp.float32), ((0, 0), (0, (-v) % block)),
-              constant_values=-jnp.inf)
+  x = _blocks(logits_rv.astype(jnp.float32), block)        # [R, nb, block]
   if floor is not None:
-    x = jnp.where(x >= floor[:, None], x, -jnp.inf)
-  top = (jnp.max(x, axis=-1) if top is None else top)[:, None]
-  x = x.reshape(r, -1, block)                              # [R, nb, block]
+    x = jnp.where(x >= floor[:, None, None], x, -jnp.inf)
+  top = (jnp.max(x, axis=(1, 2)) if top is None else top)[:, None]
   block_mass = jnp.sum(jnp.exp(x - top[:, :, None]), axis=-1)   # [R, nb]
   block_cum = jnp.cumsum(block_mass, axis=-1)
-  u = jax.random.uniform(rng, (r, 1)) * block_cum[:, -1:]
+  u = jax.random.uniform(rng, (x.shape[0], 1)) * block_cum[:, -1:]
 
   def pick(cum, weights, u):
     # First index whose cumulative mass exceeds u, never past the last
@@ -202,7 +210,7 @@ def categorical(rng, logits_rv, block: int = 128, *, floor=None, top=None):
 
   b = pick(block_cum, block_mass, u)
   # The chosen block's masses again, from its logits (no [R, V] exp kept).
-  inner_x = jnp.take_along_axis(x, b[:, None, None], axis=1)[:, 0]           # [R, block]
+  inner_x = _block(x, b)                                                      # [R, block]
   inner = jnp.exp(inner_x - top)
   before = jnp.take_along_axis(block_cum - block_mass, b[:, None], -1)
   j = pick(before + jnp.cumsum(inner, axis=-1), inner, u)
@@ -212,12 +220,10 @@ def categorical(rng, logits_rv, block: int = 128, *, floor=None, top=None):
 
 
 def _argmax_and_max(logits_rv, block: int = 128):
-  r, v = logits_rv.shape
-  x = jnp.pad(logits_rv, ((0, 0), (0, (-v) % block)), constant_values=-jnp.inf)
-  x = x.reshape(r, -1, block)
+  x = _blocks(logits_rv, block)
   block_max = jnp.max(x, axis=-1)
   b = jnp.argmax(block_max, axis=-1)
-  inner = jnp.take_along_axis(x, b[:, None, None], axis=1)[:, 0]
+  inner = _block(x, b)
   return (b * block + jnp.argmax(inner, axis=-1)).astype(jnp.int32), jnp.max(block_max, axis=-1)
 
 

@@ -2,14 +2,13 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
 import pytest
 from flax import nnx
 
+from multidevice import run_on_8_devices
 from rankjax import config as config_lib, models, run
 from rankjax.train import make_optimizer
 
@@ -79,13 +78,8 @@ def test_execute_validates_like_the_command_line(tmp_path):
 
 
 def test_real_size_sharding_plans_on_8_devices():
-  script = os.path.join(os.path.dirname(__file__), "plan_check.py")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, script], capture_output=True, text=True, env=env,
-                        timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  plans = json.loads(proc.stdout.strip().splitlines()[-1])
+  plans = run_on_8_devices(os.path.join(os.path.dirname(__file__), "plan_check.py"),
+                           timeout=600)
   for name, p in plans.items():
     print(f"{name}: {p['num_params'] / 1e9:.2f}B params, "
           f"{p['param_bytes_per_device'] / 2**30:.2f} GiB params/device (bf16), "

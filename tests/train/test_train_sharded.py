@@ -3,20 +3,13 @@ their gradient) on 8 fake CPU devices (data 2, fsdp 2, tensor 2) match one
 device. Runs in a subprocess because the device count
 is fixed when jax starts."""
 
-import json
 import os
-import subprocess
-import sys
+
+from multidevice import run_on_8_devices
 
 
 def test_sharded_steps_match_single_device():
-  script = os.path.join(os.path.dirname(__file__), "sharded_check.py")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, script], capture_output=True, text=True,
-                        env=env, timeout=900)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  result = run_on_8_devices(os.path.join(os.path.dirname(__file__), "sharded_check.py"))
   for name, r in result.items():
     # The sharded run really shards: q's embed axis on fsdp, heads on tensor.
     assert "fsdp" in r["q_spec"] and "tensor" in r["q_spec"], r
