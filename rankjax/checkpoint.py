@@ -54,12 +54,19 @@ def _abstract(tree):
   return jax.tree.map(one, tree)
 
 
+@jax.jit
+def _all_finite(leaves) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
 def all_finite(tree) -> bool:
+  """Whether every float leaf of `tree` is finite: one compiled program,
+  waited for before anything else is dispatched (see `parallel.settled`)."""
   leaves = [x for x in jax.tree.leaves(tree)
             if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
   if not leaves:
     return True
-  return bool(jax.device_get(jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))))
+  return bool(jax.device_get(_all_finite(leaves)))
 
 
 def _encode_data_state(data_state):

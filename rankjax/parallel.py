@@ -7,6 +7,19 @@ tensor axis of 4), so one table works from 1 CPU to a pod slice.
 
 Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with sharded
 parameters and optimizer state), `tensor` (Megatron-style model parallel).
+
+One dispatch rule: the host never has two *independent* multi-device
+programs in flight at once. XLA:CPU runs each device's part of a program as
+a task on one worker pool with one worker per device, and a collective
+holds its worker until every participant has arrived: two independent
+collective programs in flight can split the workers between them, each
+waiting for parts queued behind the other, and the process aborts after
+the rendezvous timeout. (On GPUs
+the same overlap, from two threads, deadlocks NCCL.) Steps that consume the
+previous step's state are ordered by that data; everything else is either
+one jitted program (`checkpoint.all_finite`, `models.merge_lora`) or waited
+for before the next is dispatched (`settled`). Only the main thread
+dispatches device work.
 """
 
 from __future__ import annotations
@@ -146,3 +159,11 @@ def bytes_per_device(state, mesh: Mesh, rules: Mapping[str, Any] = RULES) -> int
         shards *= mesh.shape[a]
     total += math.prod(var.shape) * np.dtype(var.dtype).itemsize // shards
   return total
+
+
+def settled(tree):
+  """`tree` once every array in it is computed: call it on the output of a
+  program whose successors do not consume it (evaluation batches, reports),
+  so the next independent program is not dispatched while it runs (see the
+  module docstring)."""
+  return jax.block_until_ready(tree)

@@ -22,6 +22,7 @@ The frozen reference of DPO/KTO is the same base with the adapters zeroed
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -90,15 +91,23 @@ def merge_lora(model: Transformer) -> Transformer:
   if not targets:
     return model
   graphdef, state = nnx.split(create_abstract(model.config))
-  base = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam)))
-  pure = nnx.to_pure_dict(base)
+  nnx.replace_by_pure_dict(state, _merged(*nnx.split(model), targets))
+  return nnx.merge(graphdef, state)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _merged(graphdef, state, targets):
+  # One compiled program for every target's update: on a mesh, a chain of
+  # separate sharded matmuls would put several collective programs in
+  # flight at once (see `parallel.settled`).
+  model = nnx.merge(graphdef, state)
+  pure = nnx.to_pure_dict(nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))))
   for name in targets:
     w = pure["layers"][name]
     # Sum in float32, then back to the parameter dtype.
     pure["layers"][name] = (w.astype(jnp.float32)
                             + lora_delta(model, name)).astype(w.dtype)
-  nnx.replace_by_pure_dict(state, pure)
-  return nnx.merge(graphdef, state)
+  return pure
 
 
 def zero_lora(lora_state: nnx.State) -> nnx.State:

@@ -29,6 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from rankjax import parallel
 from rankjax.train._state import put_batch
 
 log = logging.getLogger("rankjax.train")
@@ -227,7 +228,9 @@ def _is_number(x) -> bool:
 
 def evaluate_batches(eval_step: Callable, state, batches, batch_shardings) -> dict[str, float]:
   """Mean of `eval_step` metrics over every batch of an (epoch) iterator."""
-  window = [eval_step(state, put_batch(b, batch_shardings)) for b in batches]
+  # One eval program in flight at a time (`parallel.settled`): the batches
+  # are independent of each other, so nothing else orders them.
+  window = [parallel.settled(eval_step(state, put_batch(b, batch_shardings))) for b in batches]
   if not window:
     return {}
   out = reduce_metrics(window)
