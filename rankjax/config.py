@@ -16,8 +16,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from rankjax.errors import UserInputError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserInputError):
   """A config problem; the message names the key."""
 
 
@@ -197,6 +199,9 @@ class EvalCfg:
   num_problems: int = 200
   num_samples: int = 8             # k for pass@k / maj@k / best-of-N
   temperature: float = 1.0
+  # A task without a verifier counts a sample correct when the run's first
+  # reward function gives it at least this.
+  pass_threshold: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +227,9 @@ class Config:
   """A run: a pipeline of stages over one model, data source and mesh."""
   name: str = "demo"
   seed: int = 0
+  # "path/to/file.py:make_task": a Python task (make_task() returns a
+  # rankjax.data.tasks.Task); empty = the task `data` describes.
+  task: str = ""
   pipeline: tuple[str, ...] = ("generate",)
   prompt: str = "12+34="
   log_every: int = 10
@@ -244,6 +252,8 @@ class Config:
   checkpoint: CheckpointCfg = CheckpointCfg()
 
 
+# The pipeline's vocabulary; `rankjax.run.STAGES` maps each name to its
+# function (and checks at import that the two agree).
 STAGES = ("generate", "sft", "rm", "dpo", "kto", "grpo", "ppo", "eval", "rerank",
           "star", "iterative_dpo")
 
@@ -288,9 +298,11 @@ def validate(cfg: Config) -> Config:
   _check(cfg.model.num_heads % cfg.model.num_kv_heads == 0, "model.num_kv_heads",
          f"must divide model.num_heads ({cfg.model.num_heads})")
   _check(cfg.grpo.group_size >= 2 or "grpo" not in cfg.pipeline, "grpo.group_size",
-         "GRPO needs at least 2 completions per prompt")
+         "must be >= 2 (GRPO's baseline is the group)")
   _check(cfg.grpo.num_prompts % cfg.grpo.num_minibatches == 0,
          "grpo.num_minibatches", "must divide num_prompts (a minibatch holds whole groups)")
+  _check(cfg.ppo.num_prompts % cfg.ppo.num_minibatches == 0,
+         "ppo.num_minibatches", "must divide num_prompts")
   _check(not cfg.grpo.reward_weights or len(cfg.grpo.reward_weights) == len(cfg.grpo.rewards),
          "grpo.reward_weights", "must have one weight per reward")
   from rankjax.losses import DPO_LOSS_TYPES
@@ -301,8 +313,8 @@ def validate(cfg: Config) -> Config:
          "dpo.loss_weights", "must have one weight per loss type")
   _check(cfg.data.max_prompt_length <= cfg.data.max_length, "data.max_prompt_length",
          "must be <= data.max_length")
-  _check(cfg.data.source == "arithmetic" or cfg.data.path or cfg.data.tfds_name, "data.path",
-         f"data.source={cfg.data.source!r} needs a path")
+  _check(bool(cfg.task) or cfg.data.source == "arithmetic" or cfg.data.path
+         or cfg.data.tfds_name, "data.path", f"data.source={cfg.data.source!r} needs a path")
   _check(cfg.model.lora_rank == 0 or cfg.model.lora_alpha > 0, "model.lora_alpha", "must be > 0")
   _check(0.0 <= cfg.data.sft_noise < 1.0, "data.sft_noise", "must be in [0, 1)")
   return cfg
@@ -404,10 +416,9 @@ def _replace_path(obj, path: list[str], value):
 
 def load(path: str | None) -> Config:
   """`get_config()` from a recipe file (the built-in demo when None)."""
-  if not path:
-    from rankjax import demo
-    return demo.get_config()
-  file = Path(path)
+  # The demo is a recipe file like any other (read, not imported: the
+  # config layer sits below everything, the demo included).
+  file = Path(path) if path else Path(__file__).with_name("demo.py")
   if not file.exists():
     raise ConfigError(f"--config: no such file {path}")
   spec = importlib.util.spec_from_file_location(f"rankjax_config_{file.stem}", file)

@@ -1,9 +1,10 @@
 """A run: the objects every stage shares, and the stage registry.
 
-`execute(cfg, workdir)` builds the tokenizer, model and mesh once, then runs
+`execute(cfg, workdir)` builds the task, tokenizer and model once, then runs
 `cfg.pipeline` stage by stage; each stage is a function `(run) -> None` from
-an importable library that reads its own config section and may replace
-`run.model` (e.g. SFT hands its trained model to GRPO).
+a library (`STAGES`, the one table of them: libraries never import this
+module) that reads its own config section and may replace `run.model`
+(e.g. SFT hands its trained model to GRPO).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from rankjax import checkpoint, models
+from rankjax.data import tasks
 from rankjax import config as config_lib
 from rankjax.config import Config
 from rankjax.tokenizer import CharTokenizer, load_tokenizer
@@ -27,6 +29,7 @@ from rankjax.tokenizer import CharTokenizer, load_tokenizer
 class Run:
   cfg: Config
   workdir: Path
+  task: tasks.Task
   tokenizer: Any
   model: models.Transformer
   summary: dict = dataclasses.field(default_factory=dict)
@@ -91,39 +94,34 @@ def stage_generate(run: Run) -> None:
   run.summary["generate"] = {"prompt": run.cfg.prompt, "completion": text}
 
 
-STAGES: dict[str, Callable[[Run], None]] = {"generate": stage_generate}
+def _stage_table() -> dict[str, Callable[[Run], None]]:
+  # The one table of pipeline stages. Each is `fn(run)`: it reads its own
+  # config section (`cfg.<name>`; star/iterative_dpo: `cfg.self_improve`).
+  from rankjax import improve, inference, train
+  return {"generate": stage_generate,
+          "sft": train.stage_sft, "rm": train.stage_rm, "dpo": train.stage_dpo,
+          "kto": train.stage_kto, "grpo": train.stage_grpo, "ppo": train.stage_ppo,
+          "eval": inference.stage_eval, "rerank": inference.stage_rerank,
+          "star": improve.stage_star, "iterative_dpo": improve.stage_iterative_dpo}
 
 
-def register(name: str, fn: Callable[[Run], None]) -> None:
-  STAGES[name] = fn
-
-
-def _load_stage_modules() -> None:
-  # Libraries register their stages on import; missing ones are reported by
-  # `execute` with the stage name.
-  import importlib
-  for mod in ("rankjax.train", "rankjax.inference"):
-    try:
-      importlib.import_module(mod)
-    except ModuleNotFoundError as e:
-      if e.name != mod:
-        raise
+STAGES: dict[str, Callable[[Run], None]] = _stage_table()
+assert tuple(STAGES) == config_lib.STAGES, "rankjax.config.STAGES lists the same stages"
 
 
 def execute(cfg: Config, workdir: str | Path) -> Run:
   # Library callers (notebooks) get the same checks as the command line,
   # before anything is built or compiled.
   config_lib.validate(cfg)
-  _load_stage_modules()
-  missing = [s for s in cfg.pipeline if s not in STAGES]
-  if missing:
-    raise ValueError(f"pipeline stage(s) {missing} are not available; "
-                     f"available: {', '.join(sorted(STAGES))}")
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+  if cfg.model.path:  # a missing or pickle-only checkpoint, before its tokenizer is read
+    models.check_checkpoint_dir(cfg.model.path)
+  task = tasks.from_config(cfg)
   tokenizer = build_tokenizer(cfg)
-  run = Run(cfg=cfg, workdir=workdir, tokenizer=tokenizer, model=build_model(cfg, tokenizer))
+  run = Run(cfg=cfg, workdir=workdir, task=task, tokenizer=tokenizer,
+            model=build_model(cfg, tokenizer))
   print(f"rankjax: {cfg.name}: pipeline {' -> '.join(cfg.pipeline)} on "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s); workdir {workdir}")
   with checkpoint.PreemptionGuard() as guard:

@@ -38,6 +38,17 @@ import jinja2.utils
 import numpy as np
 import tokenizers
 
+from rankjax.errors import UserInputError
+
+
+class TokenizerError(UserInputError):
+  """A tokenizer directory or file that cannot be loaded, or text the
+  built-in tokenizer cannot encode; the message names the path."""
+
+
+class TokenizerNotFoundError(TokenizerError, FileNotFoundError):
+  """No tokenizer where one was expected (also a FileNotFoundError)."""
+
 # ---------------------------------------------------------------------------
 # Built-in character tokenizer.
 # ---------------------------------------------------------------------------
@@ -90,7 +101,7 @@ class CharTokenizer:
     ids = [self.bos_id] if add_bos else []
     for pos, c in enumerate(text):
       if c not in self._id_of:
-        raise ValueError(
+        raise TokenizerError(
             f"CharTokenizer: character {c!r} at position {pos} is not in the "
             "built-in vocabulary (printable ASCII and newline)")
       ids.append(self._id_of[c])
@@ -347,10 +358,17 @@ def _normalize_messages(messages: Sequence[Any]) -> list[dict]:
 
 
 def _read_json(path: str) -> dict:
+  """The JSON object in `path` ({} when there is no such file)."""
   if not os.path.isfile(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      value = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise TokenizerError(f"{path}: cannot be read as JSON ({e})") from e
+  if not isinstance(value, dict):
+    raise TokenizerError(f"{path}: expected a JSON object, got {type(value).__name__}")
+  return value
 
 
 def _read_text(path: str) -> str | None:
@@ -454,7 +472,7 @@ class HFTokenizer:
     eos = [self.token_id(self._special.get("eos_token"))] + list(extra_eos_ids)
     self.eos_ids = tuple(dict.fromkeys(i for i in eos if i is not None))
     if not self.eos_ids:
-      raise ValueError(
+      raise TokenizerError(
           "HFTokenizer: no EOS token found (set eos_token in "
           "tokenizer_config.json or eos_token_id in generation_config.json)")
     self.eos_id = self.eos_ids[0]
@@ -472,11 +490,18 @@ class HFTokenizer:
     """
     path = os.fspath(path)
     tok_file = os.path.join(path, "tokenizer.json")
+    if not os.path.isdir(path):
+      raise TokenizerNotFoundError(f"HFTokenizer: no such directory {path!r}")
     if not os.path.isfile(tok_file):
-      raise FileNotFoundError(
+      raise TokenizerNotFoundError(
           f"HFTokenizer: no tokenizer.json in {path!r} (expected {tok_file}); "
           "only fast (tokenizers-library) tokenizers are supported")
-    tok = tokenizers.Tokenizer.from_file(tok_file)
+    try:
+      tok = tokenizers.Tokenizer.from_file(tok_file)
+    except Exception as e:  # pylint: disable=broad-except
+      # The tokenizers library raises a bare Exception for unreadable files.
+      raise TokenizerError(f"{tok_file}: the tokenizers library cannot load it "
+                           f"({type(e).__name__}: {e})") from e
     config = _read_json(os.path.join(path, "tokenizer_config.json"))
     if "added_tokens_decoder" not in config:
       # Legacy layout: transformers lets special_tokens_map.json override.
@@ -488,10 +513,13 @@ class HFTokenizer:
     for name in ("generation_config.json", "config.json"):
       extra_eos += _int_list(
           _read_json(os.path.join(path, name)).get("eos_token_id"))
-    out = cls(tok, special_tokens=special, extra_eos_ids=extra_eos,
-              chat_templates=_load_chat_templates(path, config),
-              clean_up_tokenization_spaces=bool(
-                  config.get("clean_up_tokenization_spaces", False)))
+    try:
+      out = cls(tok, special_tokens=special, extra_eos_ids=extra_eos,
+                chat_templates=_load_chat_templates(path, config),
+                clean_up_tokenization_spaces=bool(
+                    config.get("clean_up_tokenization_spaces", False)))
+    except TokenizerError as e:
+      raise TokenizerError(f"{path}: {e}") from None
     out.source_dir = path
     return out
 
@@ -616,6 +644,7 @@ def load_tokenizer(path: str | os.PathLike) -> HFTokenizer | CharTokenizer:
   if os.path.isfile(marker):
     spec = _read_json(marker)
     if spec.get("tokenizer") != "char":
-      raise ValueError(f"{marker}: unknown tokenizer {spec.get('tokenizer')!r}; expected 'char'")
+      raise TokenizerError(f"{marker}: unknown tokenizer {spec.get('tokenizer')!r}; "
+                           "expected 'char'")
     return CharTokenizer()
   return HFTokenizer.from_dir(path)

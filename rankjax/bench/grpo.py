@@ -68,8 +68,7 @@ from rankjax import models, parallel, rewards, sampling, train
 from rankjax.bench import _common
 from rankjax.bench.sampler import random_model
 from rankjax.bench.train import matmul_params
-from rankjax.config import OptimCfg
-from rankjax.train import _grpo, _rl
+from rankjax.config import GRPOCfg, OptimCfg, SampleCfg
 
 _FULL = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8,
              num_heads=8, num_kv_heads=2, head_dim=64)
@@ -193,11 +192,15 @@ def step_flops(cfg: models.ModelConfig, w: Workload) -> dict[str, dict[str, floa
 # ---------------------------------------------------------------------------
 
 
-def grpo_settings(w: Workload) -> _grpo.GRPOSettings:
+def grpo_hparams(w: Workload) -> GRPOCfg:
+  return GRPOCfg(num_prompts=w.batch, group_size=w.group, num_iterations=NUM_ITERATIONS,
+                 num_minibatches=1, beta=BETA, aggregation=AGGREGATION)
+
+
+def rollout_settings(w: Workload) -> train.RolloutSettings:
   # eos_ids=() forces every completion to its full N tokens.
-  return _grpo.GRPOSettings(group_size=w.group, max_new_tokens=w.new_tokens, eos_ids=(),
-                            pad_id=0, temperature=1.0, num_iterations=NUM_ITERATIONS,
-                            num_minibatches=1, beta=BETA, aggregation=AGGREGATION)
+  return train.RolloutSettings(SampleCfg(max_new_tokens=w.new_tokens, temperature=1.0),
+                               eos_ids=(), pad_id=0)
 
 
 def optim_cfg() -> OptimCfg:
@@ -205,43 +208,35 @@ def optim_cfg() -> OptimCfg:
                   b1=0.9, b2=0.999, weight_decay=0.0, max_grad_norm=1.0)
 
 
-def sample_piece(state, batch, *, settings: _grpo.GRPOSettings):
-  """Step 1 of `grpo_step`: the sampling loop."""
-  prompt, pmask = batch["prompt_tokens"], batch["prompt_mask"].astype(bool)
-  rows = prompt.shape[0] * settings.group_size
+def sample_piece(state, batch, *, hp: GRPOCfg, settings: train.RolloutSettings):
+  """Step 1 of `grpo_step`, first half: the sampling loop."""
   rng = jax.random.split(jax.random.wrap_key_data(state.rng))[0]
-  return sampling.sample_loop(state.model(), prompt, pmask, settings.row_params(rows), rng,
-                              num_samples=settings.group_size,
-                              max_new_tokens=settings.max_new_tokens,
-                              eos_ids=settings.eos_ids, pad_id=settings.pad_id)
+  return train.sample_completions(state.model(), batch, rng, settings=settings,
+                                  group_size=hp.group_size)
 
 
-def score_piece(batch, out: sampling.SampleOutput, reward_states, *,
-                settings: _grpo.GRPOSettings, rewards_: tuple):
-  """Steps 2-3 of `grpo_step`: rewards, combination, group advantages."""
-  g = settings.group_size
-  inputs = rewards.RewardInputs(
-      prompt_tokens=jnp.repeat(batch["prompt_tokens"], g, axis=0),
-      prompt_mask=jnp.repeat(batch["prompt_mask"].astype(bool), g, axis=0),
-      completion_tokens=out.tokens, completion_mask=out.mask, finished=out.finished, extras={})
-  total, valid = rewards.combine(rewards.score(rewards_, inputs, reward_states),
-                                 tuple(r.weight for r in rewards_))
-  adv, _ = _grpo.advantages(total, valid, settings)
-  return adv, valid
+def score_piece(batch, out: sampling.SampleOutput, reward_states, *, hp: GRPOCfg,
+                rewards_: tuple):
+  """Step 1, second half, and step 2 of `grpo_step`: rewards, combination,
+  group advantages."""
+  ro = train.score_completions(batch, out, rewards_, reward_states)
+  adv, _ = train.advantages(ro.total, ro.valid, hp)
+  return ro, adv
 
 
-def reference_piece(state, batch, out: sampling.SampleOutput):
+def reference_piece(state, ro: train.Rollout):
   """The β > 0 part of `grpo_step`: the reference's completion log-probs."""
-  return _grpo.completion_logps(state.ref_model(), batch["prompt_tokens"],
-                                batch["prompt_mask"].astype(bool), out.tokens, out.mask)
+  return train.completion_logps(state.ref_model(), ro.prompt, ro.prompt_mask, ro.completion,
+                                ro.completion_mask)
 
 
-def update_piece(state, data, *, settings: _grpo.GRPOSettings):
-  """Step 4 of `grpo_step` on fixed samples (`data` as `policy_updates`
+def update_piece(state, data, *, hp: GRPOCfg, max_new_tokens: int):
+  """Step 3 of `grpo_step` on fixed samples (`data` as `policy_updates`
   takes it): the same minibatch order, loss and optimizer calls."""
-  order = _grpo.minibatch_order(jax.random.wrap_key_data(state.rng),
-                                data["prompt"].shape[0], settings)
-  new_state, metrics = _grpo.policy_updates(state, data, order, settings=settings)
+  order = train.minibatch_order(jax.random.wrap_key_data(state.rng),
+                                data["prompt"].shape[0], hp)
+  new_state, metrics = train.policy_updates(state, data, order, hp=hp,
+                                            max_new_tokens=max_new_tokens)
   return new_state, jnp.mean(metrics["loss"])
 
 
@@ -280,13 +275,13 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
                                              with_reference=BETA > 0)
   del model  # the state holds its own copies
   bsh = train.batch_sharding(mesh)
-  settings = grpo_settings(w)
+  hp, settings = grpo_hparams(w), rollout_settings(w)
   reward = even_token_reward()
   reward_states = [reward.state]
   batch = train.put_batch({"prompt_tokens": prompts,
                            "prompt_mask": np.ones(prompts.shape, bool)}, bsh)
-  step = _rl.jit_rl_step(_grpo.grpo_step, state_sh, bsh, reward_states, settings=settings,
-                         rewards=(reward,))
+  step = train.jit_rl_step(train.grpo_step, state_sh, bsh, reward_states, hp=hp,
+                           rollout=settings, rewards=(reward,))
   holder = {"state": state}
   del state
 
@@ -303,18 +298,18 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
     raise RuntimeError(f"completions were not forced to {w.new_tokens} tokens: {metrics}")
 
   # The pieces, each jitted apart, on the samples of one sampling call.
-  sample_j = jax.jit(functools.partial(sample_piece, settings=settings))
-  score_j = jax.jit(functools.partial(score_piece, settings=settings, rewards_=(reward,)))
+  sample_j = jax.jit(functools.partial(sample_piece, hp=hp, settings=settings))
+  score_j = jax.jit(functools.partial(score_piece, hp=hp, rewards_=(reward,)))
   ref_j = jax.jit(reference_piece)
-  update_j = jax.jit(functools.partial(update_piece, settings=settings),
+  update_j = jax.jit(functools.partial(update_piece, hp=hp, max_new_tokens=w.new_tokens),
                      in_shardings=(state_sh, None), out_shardings=(state_sh, rep),
                      donate_argnums=0)
   out = sample_j(holder["state"], batch)
-  adv, valid = score_j(batch, out, reward_states)
-  ref = ref_j(holder["state"], batch, out)
-  data = dict(prompt=batch["prompt_tokens"], prompt_mask=batch["prompt_mask"].astype(bool),
-              completion=out.tokens, completion_mask=out.mask,
-              loss_mask=out.mask & valid[:, None], old=out.logprobs, adv=adv, ref=ref)
+  ro, adv = score_j(batch, out, reward_states)
+  ref = ref_j(holder["state"], ro)
+  data = dict(prompt=ro.prompt, prompt_mask=ro.prompt_mask, completion=ro.completion,
+              completion_mask=ro.completion_mask, loss_mask=ro.completion_mask & ro.valid[:, None],
+              old=ro.logprobs, adv=adv, ref=ref)
 
   def update():
     holder["state"], loss = update_j(holder["state"], data)
@@ -326,7 +321,7 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
   fns = {"step": fused,
          "sample": lambda: sample_j(holder["state"], batch).tokens,
          "score": lambda: score_j(batch, out, reward_states),
-         "reference": lambda: ref_j(holder["state"], batch, out),
+         "reference": lambda: ref_j(holder["state"], ro),
          "update": update,
          "peak": _peak_probe(256 if args.tiny else 2048, peaks)}
   pieces = _common.time_interleaved(fns, args.repeats, verbose=True)
@@ -573,7 +568,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return {}
   threads = _common.pin_threads(args.threads)
   cfg, w = model_config(args), workload(args)
-  _grpo.check_settings(grpo_settings(w), w.batch)
   prompts = make_prompts(cfg.vocab_size, w, args.seed)
   peaks: list[float] = []
   with tempfile.TemporaryDirectory() as tmp:

@@ -34,6 +34,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from rankjax.errors import UserInputError
+
 # A text field: a plain string or a conversation.
 Text = str | list[dict[str, Any]]
 
@@ -55,8 +57,9 @@ FORMATS: tuple[tuple[str, str], ...] = (
 FORMAT_NAMES = tuple(name for name, _ in FORMATS)
 
 
-class DataError(ValueError):
-  """A row that cannot become a training example.
+class DataError(UserInputError):
+  """A row that cannot become a training example, or data that cannot be
+  read at all (a missing or empty file).
 
   Attributes:
     message: what is wrong.

@@ -506,8 +506,8 @@ class Pipeline:
                            else self.format)
     if config.packing and self.example_format not in (
         _formats.LM, _formats.PROMPT_COMPLETION):
-      raise ValueError(f"packing supports lm and prompt_completion data, not "
-                       f"{self.example_format}")
+      raise DataError(f"packing supports lm and prompt_completion data; {source!r} "
+                      f"holds {self.example_format} rows", reason="unknown_format")
     self._num_items = self.num_rows * (2 if config.unpair else 1)
     self.rows_per_epoch = len(range(config.shard_index, self._num_items,
                                     config.shard_count))

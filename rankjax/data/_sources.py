@@ -35,6 +35,14 @@ _JSONL_EXTS = (".jsonl", ".json")
 _PARQUET_EXTS = (".parquet",)
 
 
+class DataFileNotFoundError(DataError, FileNotFoundError):
+  """Data files that do not exist: a DataError for the launcher's one-line
+  report, and a FileNotFoundError as it always was."""
+
+  def __init__(self, message: str):
+    super().__init__(message, reason="unreadable")
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
   """One raw record and where it came from (`line` is 1-based)."""
@@ -51,7 +59,7 @@ def expand_paths(paths: Paths) -> list[str]:
   """Files named by paths or glob patterns, each pattern's matches sorted.
 
   Raises:
-    FileNotFoundError: a path or pattern matches nothing.
+    DataFileNotFoundError: a path or pattern matches nothing.
   """
   if isinstance(paths, (str, os.PathLike)):
     paths = [paths]
@@ -61,7 +69,7 @@ def expand_paths(paths: Paths) -> list[str]:
     matches = sorted(glob.glob(p)) if glob.has_magic(p) else (
         [p] if os.path.exists(p) else [])
     if not matches:
-      raise FileNotFoundError(f"no data file matches {p!r}")
+      raise DataFileNotFoundError(f"no data file matches {p!r}")
     files += [os.path.abspath(m) for m in matches]
   return list(dict.fromkeys(files))
 
@@ -140,7 +148,7 @@ class JsonlSource:
     return Row(parse_json_line(self.raw(i), f"{path}:{line}"), path, line)
 
   def __repr__(self) -> str:
-    return f"JsonlSource({len(self)} rows in {len(self.files)} files)"
+    return _files_repr(self, self.files)
 
 
 # ---------------------------------------------------------------------------
@@ -218,7 +226,15 @@ class ParquetSource:
                       ensure_ascii=False).encode("utf-8")
 
   def __repr__(self) -> str:
-    return f"ParquetSource({len(self)} rows in {len(self.files)} files)"
+    return _files_repr(self, self.files)
+
+
+def _files_repr(source, files: Sequence[str]) -> str:
+  """`JsonlSource(/data/a.jsonl: 12 rows)`: errors about a whole source (an
+  empty one) name its files."""
+  shown = files[0] if len(files) == 1 else (
+      f"{len(files)} files: {', '.join(files[:3])}{', ...' if len(files) > 3 else ''}")
+  return f"{type(source).__name__}({shown}: {len(source)} rows)"
 
 
 def _json_default(value: Any) -> Any:
@@ -264,7 +280,7 @@ def open_source(paths: Paths) -> JsonlSource | ParquetSource:
     return JsonlSource(files)
   if kinds == {"parquet"}:
     return ParquetSource(files)
-  raise ValueError(
+  raise DataError(
       f"data files must all be JSON Lines ({', '.join(_JSONL_EXTS)}) or all "
       f"Parquet ({', '.join(_PARQUET_EXTS)}); got {sorted(kinds)}")
 
@@ -457,10 +473,10 @@ def load_tfds(name: str, *, data_dir: str | os.PathLike | None = None,
                            if data_dir is not None else None)
   except Exception as e:  # pylint: disable=broad-except
     # Unregistered names that are not on disk fail deep inside TFDS.
-    raise FileNotFoundError(
+    raise DataFileNotFoundError(
         f"no prepared TFDS dataset {name!r} in {data_dir}: {e}") from e
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise DataFileNotFoundError(
         f"TFDS dataset {name!r} is not prepared in {builder.data_dir}; "
         "prepare it first (prepare_tfds for local files)")
   return TfdsSource(builder.as_data_source(split=split), name=name,

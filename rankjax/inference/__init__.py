@@ -9,7 +9,8 @@
 
 Metrics (`_metrics`) are pure numpy; scorers and selection live in
 `_rerank`, prompt templates in `_prompts`, plots in `_plots`. Importing the
-package registers the "eval" and "rerank" pipeline stages (`_stages`).
+package's `stage_eval` and `stage_rerank` are pipeline stages (`_stages`;
+`rankjax.run` lists them).
 """
 
 from rankjax.inference._evaluate import EvalSamples
@@ -33,7 +34,7 @@ from rankjax.inference._metrics import weighted_vote_at_k
 from rankjax.inference._plots import plot_pass_at_k
 from rankjax.inference._plots import plot_reward_curve
 from rankjax.inference._prompts import COT_TRIGGER
-from rankjax.inference._prompts import encode_prompt
+from rankjax.data.tasks import encode_prompt
 from rankjax.inference._prompts import extract_think_answer
 from rankjax.inference._prompts import format_think
 from rankjax.inference._prompts import split_think
@@ -51,7 +52,7 @@ from rankjax.inference._rerank import reward_model_scores
 from rankjax.inference._rerank import verifier_scores
 from rankjax.inference._rerank import verify_and_revise
 from rankjax.inference._rerank import weighted_vote
-from rankjax.inference import _stages  # registers "eval" and "rerank"
+from rankjax.inference._stages import stage_eval, stage_rerank
 
 __all__ = [
     "EvalSamples", "collect", "evaluate", "format_table", "pass_at_k_curve", "summarize",
@@ -62,6 +63,5 @@ __all__ = [
     "think_prompt", "zero_shot_cot", "ReviseResult", "best_index", "best_of_n",
     "decode_completions", "group", "group_list", "loglik_scores", "majority_vote",
     "reward_model_scores", "verifier_scores", "verify_and_revise", "weighted_vote",
+    "stage_eval", "stage_rerank",
 ]
-from rankjax.inference import _loops  # registers "star" and "iterative_dpo"
-from rankjax.inference._loops import preference_pairs, verified_records

@@ -4,29 +4,26 @@
     metrics = summarize(samples)          # pass@1, pass@8, maj@8, best_of_8, ...
     curve = pass_at_k_curve(samples.correct)   # {1: ..., 8: ...} for plots
 
-`evaluate` is the two in one. Problems are records `{"prompt", "answer"}`
-(the built-in arithmetic task's `tasks.generate(task, "test", n)`, or GSM8K
-records with `verifier=tasks.verify_numeric`). Each prompt is prefilled once
-and its k samples decoded together (`sampling.generate(num_samples=k)`);
-correctness comes from the host Python verifier on decoded text, which
-agrees exactly with the in-graph verifier GRPO trains against.
+`evaluate` is the two in one. Problems are a task's records (`prompt` plus
+reference columns); the `Task` encodes, verifies and extracts answers. Each
+prompt is prefilled once and its k samples decoded together
+(`sampling.generate(num_samples=k)`); correctness comes from the host
+Python verifier on decoded text, which agrees exactly with the in-graph
+verifier GRPO trains against.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 
-from rankjax import sampling
+from rankjax import rewards as rewards_lib, sampling
 from rankjax.data import tasks
 from rankjax.inference import _metrics as M
-from rankjax.inference._prompts import encode_prompt
-from rankjax.inference._rerank import (decode_completions, group, group_list,
-                                       loglik_scores, reward_model_scores)
+from rankjax.inference._rerank import decode_completions, group, group_list, loglik_scores
 
 
 @dataclasses.dataclass
@@ -72,59 +69,70 @@ def _sample(model, prompts, cfg, rng, batch_size):
 
 
 def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: float,
-            rng, cot: bool = False, reward_model=None, max_new_tokens: int = 16,
+            rng, task: tasks.Task | None = None,
+            verifier: Callable[[str, dict], float] | None = None,
+            rewards: Sequence[rewards_lib.Reward] = (), max_new_tokens: int = 16,
             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
-            verifier: Callable[[str, Any], float] | None = None,
-            extract: Callable[[str], Any] | None = None,
             prompt_fn: Callable[[str], str] | None = None, greedy: bool = True,
-            batch_size: int = 32, chat: bool = False) -> EvalSamples:
+            batch_size: int = 32) -> EvalSamples:
   """Sample k completions per problem and verify / score them.
 
-  cot: the built-in task's format (the answer follows the last "answer:");
-    picks the default verifier `tasks.verify` and extractor
-    `tasks.extract_answer`. `verifier(text, answer) -> float` and
-    `extract(text) -> answer | None` override them (e.g. GSM8K:
-    `tasks.verify_numeric`, `tasks.extract_gsm8k_answer`).
-  prompt_fn: rewrites each prompt text first (e.g. `zero_shot_cot`).
-  chat: render each prompt as a user turn with the tokenizer's chat template.
-  reward_model: a scalar-head model; its scores fill `EvalSamples.reward`.
+  problems: the task's records (`prompt` plus its reference columns).
+  task: encodes the prompts (`Task.prompt_ids`), verifies (`Task.verify`)
+    and extracts answers for votes (`Task.extract_answer`); default: the
+    built-in arithmetic task without chain of thought.
+  verifier: `(completion_text, record) -> float` instead of the task's
+    (`rewards.verifier`: a reward function for a task without one).
+  rewards: scored on every sample with `rewards.batch_scorer` (their
+    weighted sum fills `EvalSamples.reward`); host rewards index the
+    problems by position.
+  prompt_fn: rewrites each text prompt first (e.g. `zero_shot_cot`).
   greedy: also decode one greedy completion per problem.
   """
   if not problems:
     raise ValueError("no problems to evaluate")
-  verifier = verifier or functools.partial(tasks.verify, cot=cot)
-  extract = extract or functools.partial(tasks.extract_answer, cot=cot)
-  texts_in = [prompt_fn(p["prompt"]) if prompt_fn else p["prompt"] for p in problems]
-  prompts = [encode_prompt(tokenizer, t, chat=chat) for t in texts_in]
-  refs = [p["answer"] for p in problems]
+  task = task or tasks.Arithmetic()
+  verifier = verifier or task.verify
+  if prompt_fn is not None:
+    problems = [dict(p, prompt=prompt_fn(p["prompt"])) for p in problems]
+  prompts = [task.prompt_ids(p, tokenizer) for p in problems]
   kw = dict(temperature=temperature, max_new_tokens=max_new_tokens, top_k=top_k,
             top_p=top_p, min_p=min_p)
   sample_rng, greedy_rng = jax.random.split(rng)
+  scorer = rewards_lib.batch_scorer(rewards) if rewards else None
 
   texts, loglik, lengths, finished, reward = [], [], [], [], []
+  start = 0
   for out, chunk in _sample(model, prompts, _sampling_config(tokenizer, k=k, **kw),
                             sample_rng, batch_size):
     texts += decode_completions(out, tokenizer)
     loglik.append(loglik_scores(out))
     lengths.append(np.asarray(out.lengths))
     finished.append(np.asarray(out.finished))
-    if reward_model is not None:
-      reward.append(reward_model_scores(reward_model, chunk, out, pad_id=tokenizer.pad_id))
-  correct = np.asarray([float(verifier(t, refs[r // k])) for r, t in enumerate(texts)])
+    if scorer is not None:
+      reward.append(scorer(chunk, out.tokens, out.mask, out.finished,
+                           np.arange(start, start + len(chunk)), pad_id=tokenizer.pad_id))
+    start += len(chunk)
+  correct = np.asarray([_score(verifier(t, problems[r // k])) for r, t in enumerate(texts)])
 
   greedy_correct = None
   if greedy:
     cfg = _sampling_config(tokenizer, k=1, **dict(kw, temperature=0.0))
     greedy_texts = [t for out, _ in _sample(model, prompts, cfg, greedy_rng, batch_size)
                     for t in decode_completions(out, tokenizer)]
-    greedy_correct = np.asarray([float(verifier(t, a)) for t, a in zip(greedy_texts, refs)])
+    greedy_correct = np.asarray([_score(verifier(t, p)) for t, p in zip(greedy_texts, problems)])
 
   return EvalSamples(
-      texts=group_list(texts, k), answers=group_list([extract(t) for t in texts], k),
+      texts=group_list(texts, k), answers=group_list([task.extract_answer(t) for t in texts], k),
       correct=group(correct, k), loglik=group(np.concatenate(loglik), k),
       lengths=group(np.concatenate(lengths), k), finished=group(np.concatenate(finished), k),
       reward=group(np.concatenate(reward), k) if reward else None,
       greedy_correct=greedy_correct)
+
+
+def _score(value) -> float:
+  """A verifier's score; None ("does not apply") counts as wrong."""
+  return 0.0 if value is None else float(value)
 
 
 def vote_accuracy(answers: Sequence[Sequence[Any]], correct_pn,
@@ -185,13 +193,13 @@ def summarize(samples: EvalSamples) -> dict[str, float]:
 
 
 def evaluate(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: float,
-             rng, cot: bool = False, reward_model=None, **kwargs) -> dict[str, float]:
+             rng, **kwargs) -> dict[str, float]:
   """`summarize(collect(...))`: pass@1, pass@k, maj@k, best_of_k (policy
-  log-likelihood; and /reward with a reward model), greedy accuracy and the
+  log-likelihood; and /reward with rewards), greedy accuracy and the
   likelihood-vs-correctness ranking diagnostics. `kwargs` go to `collect`
-  (max_new_tokens, top_p, verifier, extract, prompt_fn, batch_size...)."""
+  (task, rewards, max_new_tokens, top_p, verifier, prompt_fn, batch_size...)."""
   return summarize(collect(model, tokenizer, problems, k=k, temperature=temperature,
-                           rng=rng, cot=cot, reward_model=reward_model, **kwargs))
+                           rng=rng, **kwargs))
 
 
 def pass_at_k_curve(correct_pn, ks: Sequence[int] | None = None) -> dict[int, float]:

@@ -8,14 +8,11 @@ reasoning that ends in the right answer without touching the weights.
 * `think_prompt`: the R1-style format (DeepSeek-R1, arXiv 2501.12948):
   reasoning inside `<think>...</think>`, then the final answer.
 
-`encode_prompt` turns prompt text into the ids the model sees, the same way
-`rankjax.data.tokenize_prompt` does for training data (BOS + text, or the
-chat template with a generation prompt).
+`rankjax.data.tasks.encode_prompt` turns prompt text into the ids the model
+sees.
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 COT_TRIGGER = "Let's think step by step."
 THINK_OPEN = "<think>"
@@ -85,20 +82,3 @@ def extract_think_answer(text: str) -> str | None:
     lines = [line.strip() for line in rest.split("\n") if line.strip()]
     answer = lines[0] if lines else ""
   return answer or None
-
-
-def encode_prompt(tokenizer, text: str, *, chat: bool = False,
-                  system: str | None = None) -> list[int]:
-  """Prompt ids: BOS + text (as `rankjax.data.tokenize_prompt` encodes
-  string prompts), or with `chat` a user turn rendered by the tokenizer's
-  chat template with the generation prompt."""
-  if not chat:
-    return list(tokenizer.encode(text, add_bos=True))
-  messages = ([{"role": "system", "content": system}] if system else []) + [
-      {"role": "user", "content": text}]
-  return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                            tokenize=True))
-
-
-def encode_prompts(tokenizer, texts: Sequence[str], **kwargs) -> list[list[int]]:
-  return [encode_prompt(tokenizer, t, **kwargs) for t in texts]

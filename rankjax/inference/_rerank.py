@@ -6,7 +6,7 @@ Candidates come from `sampling.generate` with `num_samples = G`: row r of a
 
 * `verifier_scores`: a host Python verifier over decoded text;
 * `reward_model_scores`: a scalar-head model's value at the last completion
-  token (one jitted forward per batch of rows);
+  token (`rewards.reward_model_score`, as GRPO/PPO score in-graph);
 * `loglik_scores`: the policy's own (length-normalised) log-likelihood,
   straight from `SampleOutput.logprobs` — no extra forward.
 
@@ -20,17 +20,14 @@ arXiv 2408.03314 on sequential revision vs parallel sampling).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Hashable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from rankjax import sampling
+from rankjax import rewards as rewards_lib, sampling
+from rankjax.data.tasks import encode_prompt
 from rankjax.inference._metrics import majority_answer
-from rankjax.inference._prompts import encode_prompt
 
 # ---------------------------------------------------------------------------
 # Reading a SampleOutput.
@@ -98,56 +95,32 @@ def verifier_scores(texts: Sequence[str], references: Sequence[Any],
   return np.asarray([float(verifier(t, references[r // g])) for r, t in enumerate(texts)])
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _last_values(graphdef, state, tokens_bt, mask_bt, last_b):
-  reward_model = nnx.merge(graphdef, state)
-  hidden_btd = reward_model.hidden_states(tokens_bt, attention_mask=mask_bt)
-  values_bt = reward_model.values(hidden_btd)
-  return jnp.take_along_axis(values_bt, last_b[:, None], axis=1)[:, 0]
-
-
-def _pow2(n: int) -> int:
-  return 1 << max(0, (n - 1).bit_length())
-
-
 def reward_model_scores(reward_model, prompts: Sequence[Sequence[int]],
                         completions: sampling.SampleOutput | Sequence[Sequence[int]], *,
-                        pad_id: int = 0, batch_size: int = 64,
-                        buckets: Sequence[int] = sampling.DEFAULT_BUCKETS) -> np.ndarray:
+                        pad_id: int = 0) -> np.ndarray:
   """Reward of each (prompt, completion): the scalar head's value at the LAST
   completion token (the EOS when sampled — what a Bradley–Terry reward model
-  trained on prompt + completion + EOS reads; Ouyang et al. 2022).
+  trained on prompt + completion + EOS reads; Ouyang et al. 2022), computed
+  by `rewards.reward_model_score`, the reward GRPO and PPO train with.
 
   reward_model: a `Transformer` with `num_labels=1`. prompts: B token lists;
   completions: a `SampleOutput` or R = B * G token lists (row r continues
-  prompt r // G). Sequences are right-padded to a length bucket and rows to a
-  power of two (≤ batch_size per call), so repeated calls reuse a compile.
-  Returns f32[R].
+  prompt r // G). Returns f32[R].
   """
   if reward_model.config.num_labels != 1:
     raise ValueError("reward_model_scores needs a scalar-head model (num_labels=1), got "
                      f"num_labels={reward_model.config.num_labels}")
   if isinstance(completions, sampling.SampleOutput):
-    completions = completion_ids(completions)
-  if not prompts or len(completions) % len(prompts):
-    raise ValueError(f"{len(completions)} completions for {len(prompts)} prompts")
-  g = len(completions) // len(prompts)
-  rows = [list(prompts[r // g]) + list(c) for r, c in enumerate(completions)]
-  graphdef, state = nnx.split(reward_model)
-  scores = []
-  for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
-    t = sampling.bucket(max(map(len, chunk)), buckets)
-    b = _pow2(len(chunk))
-    tokens = np.full((b, t), pad_id, np.int32)
-    mask = np.zeros((b, t), bool)
-    for i, row in enumerate(chunk):
-      tokens[i, :len(row)], mask[i, :len(row)] = row, True
-    last = np.maximum(mask.sum(1) - 1, 0).astype(np.int32)
-    values = _last_values(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask),
-                          jnp.asarray(last))
-    scores.append(np.asarray(values, np.float32)[:len(chunk)])
-  return np.concatenate(scores)
+    tokens, mask, finished = completions.tokens, completions.mask, completions.finished
+  else:
+    width = max(1, max(map(len, completions)))
+    tokens = np.full((len(completions), width), pad_id, np.int32)
+    mask = np.zeros((len(completions), width), bool)
+    for i, c in enumerate(completions):
+      tokens[i, :len(c)], mask[i, :len(c)] = c, True
+    finished = np.ones(len(completions), bool)
+  score = rewards_lib.batch_scorer([rewards_lib.reward_model_score(reward_model)])
+  return score(prompts, tokens, mask, finished, np.arange(len(prompts)), pad_id=pad_id)
 
 
 # ---------------------------------------------------------------------------

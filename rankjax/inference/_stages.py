@@ -1,4 +1,4 @@
-"""Pipeline stages "eval" and "rerank" (registered with `rankjax.run`).
+"""Pipeline stages "eval" and "rerank" (`rankjax.run` lists them).
 
 eval    evaluates `run.model` on `cfg.eval.num_problems` held-out problems
         with `cfg.eval.num_samples` samples each, and stores the metrics in
@@ -17,23 +17,28 @@ by `run.summary["reranked"]`). So
 pipeline=("eval", "sft", "eval", "grpo", "eval") gives base, sft, grpo. A
 stage that appears twice keeps the later evaluation's metrics.
 
-Every run evaluates the same problems with the same sampling key, so the
-stages are compared on paired samples. A reward model is used when a stage
-has set `run.reward_model` (a scalar-head `Transformer`).
+Every run evaluates the same problems (the task's held-out records) with the
+same sampling key, so the stages are compared on paired samples. A sample
+is correct when the task's verifier accepts it (a task without one: when
+the first reward function gives at least `eval.pass_threshold`). Samples
+are also scored with the run's rewards (`eval_rewards`) for best-of-N and
+reward-weighted votes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jax
 
-from rankjax import run as run_lib
-from rankjax.data import tasks
+from rankjax import rewards as rewards_lib
 from rankjax.inference import _metrics as M
 from rankjax.inference._evaluate import collect, format_table, pass_at_k_curve, summarize
 from rankjax.inference._plots import plot_pass_at_k, plot_reward_curve, read_metrics, reward_keys
+
+if TYPE_CHECKING:
+  from rankjax.run import Run
 
 NON_TRAINING_STAGES = ("generate", "eval", "rerank")
 _EVAL_SEED_OFFSET = 7919  # the eval sampling key differs from the training seed's
@@ -50,38 +55,33 @@ def eval_label(pipeline, evals_done: int, stage: str = "eval") -> str:
   return "base"
 
 
-def uses_chat(cfg) -> bool:
-  """GSM8K prompts go through the chat template of a checkpoint's tokenizer
-  (instruct models); the built-in task's never do."""
-  return cfg.data.source == "gsm8k" and bool(cfg.model.path or cfg.tokenizer.path)
+def eval_rewards(run: Run, problems) -> list:
+  """The run's rewards for best-of-N and reward-weighted votes: the GRPO
+  reward list without "correct" (the verifier is what pass@k counts),
+  plus the reward model when a stage trained one."""
+  g = run.cfg.grpo
+  weights = g.reward_weights or (1.0,) * len(g.rewards)
+  named = [(n, w) for n, w in zip(g.rewards, weights) if n != "correct"]
+  if run.reward_model is not None and "rm" not in g.rewards:
+    named.append(("rm", 1.0))
+  if not named:
+    return []
+  return rewards_lib.from_names([n for n, _ in named], [w for _, w in named], task=run.task,
+                                tokenizer=run.tokenizer, records=problems,
+                                reward_model=run.reward_model)
 
 
-def eval_problems(cfg) -> tuple[list[dict], dict[str, Any]]:
-  """Held-out problems for `cfg.data.source` and the `collect` kwargs that
-  verify them: the arithmetic test split, or GSM8K records from
-  `data.eval_path` (else `data.path`)."""
-  d = cfg.data
-  if d.source == "arithmetic":
-    task = tasks.ArithmeticTask(ops=d.ops, min_digits=d.min_digits, max_digits=d.max_digits,
-                                cot=d.cot, seed=cfg.seed)
-    return tasks.generate(task, "test", cfg.eval.num_problems), {"cot": d.cot}
-  if d.source == "gsm8k":
-    records = tasks.read_gsm8k(d.eval_path or d.path)[:cfg.eval.num_problems]
-    return records, {"verifier": tasks.verify_numeric, "extract": tasks.extract_gsm8k_answer,
-                     "chat": uses_chat(cfg)}
-  raise ValueError(f"eval/rerank need a verifiable task (data.source 'arithmetic' or "
-                   f"'gsm8k'), got {d.source!r}")
-
-
-def _collect(run: run_lib.Run):
+def _collect(run: Run):
   cfg = run.cfg
-  problems, verify_kw = eval_problems(cfg)
+  verifier = rewards_lib.verifier(run.task, cfg.grpo.rewards,
+                                  threshold=cfg.eval.pass_threshold)
+  problems = run.task.eval_records(cfg.eval.num_problems)
   return collect(run.model, run.tokenizer, problems, k=cfg.eval.num_samples,
                  temperature=cfg.eval.temperature,
-                 rng=jax.random.key(cfg.seed + _EVAL_SEED_OFFSET),
-                 reward_model=run.reward_model,
+                 rng=jax.random.key(cfg.seed + _EVAL_SEED_OFFSET), task=run.task,
+                 verifier=verifier, rewards=eval_rewards(run, problems),
                  max_new_tokens=cfg.sample.max_new_tokens, top_k=cfg.sample.top_k,
-                 top_p=cfg.sample.top_p, min_p=cfg.sample.min_p, **verify_kw)
+                 top_p=cfg.sample.top_p, min_p=cfg.sample.min_p)
 
 
 def _json_safe(metrics: dict) -> dict:
@@ -94,7 +94,7 @@ def table_columns(k: int) -> tuple[list[str], list[str]]:
           ["pass@1", f"maj@{k}", f"pass@{k}", f"best-of-{k}"])
 
 
-def stage_eval(run: run_lib.Run) -> None:
+def stage_eval(run: Run) -> None:
   """Evaluate the current model; see the module docstring."""
   evaluated = run.summary.setdefault("evaluated", [])
   label = eval_label(run.cfg.pipeline, len(evaluated))
@@ -111,7 +111,7 @@ def stage_eval(run: run_lib.Run) -> None:
   print(format_table({label: metrics}, keys))
 
 
-def stage_rerank(run: run_lib.Run) -> None:
+def stage_rerank(run: Run) -> None:
   """Rerank on the current model, write plots, print the comparison."""
   evaluated = run.summary.get("evaluated", [])
   reranked = run.summary.setdefault("reranked", [])
@@ -149,10 +149,6 @@ def stage_rerank(run: run_lib.Run) -> None:
   keys, headers = table_columns(k)
   if samples.reward is not None:
     keys += [f"best_of_{k}/reward", f"weighted_vote@{k}/reward"]
-    headers += [f"best-of-{k} (RM)", f"RM-vote@{k}"]
+    headers += [f"best-of-{k} (reward)", f"reward-vote@{k}"]
   print(f"rerank: N={k} samples on {metrics['num_problems']} problems; plots in {plots}")
   print(format_table(rows, keys, headers))
-
-
-run_lib.register("eval", stage_eval)
-run_lib.register("rerank", stage_rerank)

@@ -1,9 +1,24 @@
-"""Pure loss functions of arrays.
+"""Pure loss functions of arrays, one module per method.
 
-Every loss takes arrays (log-probs, logits, masks, rewards) and keyword
-hyper-parameters and returns `(scalar float32 loss, dict of metrics)`;
-helpers (advantages, log-prob gathers, reductions) return arrays. All are
-jittable and finite on empty masks. Formulas: shared/REFERENCES.md.
+Every loss takes arrays (log-probs, logits, masks, rewards, values) and
+keyword hyper-parameters and returns `(scalar float32 loss, dict of
+metrics)`; helpers (advantages, KL estimators, log-prob gathers, reductions)
+return arrays. All are jittable and finite on empty masks. Formulas and
+papers: see docs/references.md.
+
+  sft_loss, token_unlikelihood_loss,         _sft.py
+    sequence_unlikelihood_loss, tfew_loss
+  reward_model_loss                          _reward.py
+  dpo_loss (DPO_LOSS_TYPES)                  _dpo.py
+  kto_loss                                   _kto.py
+  grpo_loss (+ group/RLOO/REINFORCE++        _grpo.py
+    advantages)
+  ppo_loss = ppo_policy_loss + vf_coef ·     _ppo.py
+    ppo_value_loss (+ ppo_token_rewards,
+    gae, whiten, adaptive_kl_coef)
+  kl_k1, kl_k2, kl_k3                        _kl.py
+  token_logprobs, sequence_logprobs,         _common.py
+    masked_sum, masked_mean
 """
 
 from rankjax.losses._common import masked_mean
@@ -12,20 +27,21 @@ from rankjax.losses._common import sequence_logprobs
 from rankjax.losses._common import token_logprobs
 from rankjax.losses._dpo import DPO_LOSS_TYPES
 from rankjax.losses._dpo import dpo_loss
+from rankjax.losses._grpo import group_advantages
+from rankjax.losses._grpo import grpo_loss
+from rankjax.losses._grpo import reinforce_pp_advantages
+from rankjax.losses._grpo import rloo_advantages
+from rankjax.losses._kl import kl_k1
+from rankjax.losses._kl import kl_k2
+from rankjax.losses._kl import kl_k3
 from rankjax.losses._kto import kto_loss
-from rankjax.losses._policy import adaptive_kl_coef
-from rankjax.losses._policy import gae
-from rankjax.losses._policy import group_advantages
-from rankjax.losses._policy import kl_k1
-from rankjax.losses._policy import kl_k2
-from rankjax.losses._policy import kl_k3
-from rankjax.losses._policy import policy_gradient_loss
-from rankjax.losses._policy import ppo_policy_loss
-from rankjax.losses._policy import ppo_token_rewards
-from rankjax.losses._policy import ppo_value_loss
-from rankjax.losses._policy import reinforce_pp_advantages
-from rankjax.losses._policy import rloo_advantages
-from rankjax.losses._policy import whiten
+from rankjax.losses._ppo import adaptive_kl_coef
+from rankjax.losses._ppo import gae
+from rankjax.losses._ppo import ppo_loss
+from rankjax.losses._ppo import ppo_policy_loss
+from rankjax.losses._ppo import ppo_token_rewards
+from rankjax.losses._ppo import ppo_value_loss
+from rankjax.losses._ppo import whiten
 from rankjax.losses._reward import reward_model_loss
 from rankjax.losses._sft import repeated_ngram_mask
 from rankjax.losses._sft import sequence_unlikelihood_loss
@@ -39,13 +55,14 @@ __all__ = [
     "dpo_loss",
     "gae",
     "group_advantages",
+    "grpo_loss",
     "kl_k1",
     "kl_k2",
     "kl_k3",
     "kto_loss",
     "masked_mean",
     "masked_sum",
-    "policy_gradient_loss",
+    "ppo_loss",
     "ppo_policy_loss",
     "ppo_token_rewards",
     "ppo_value_loss",

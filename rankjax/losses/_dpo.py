@@ -3,8 +3,8 @@
 DPO: Rafailov et al. 2023, arXiv 2305.18290. Each variant below is a small
 per-pair function of the log-ratios s_y = log π(y|x) − log π_ref(y|x),
 registered in `_LOSSES`; `dpo_loss` averages the per-pair losses and sums
-the selected types with weights. Formulas follow REFERENCES.md (as TRL's
-DPOTrainer computes them).
+the selected types with weights. Formulas: see docs/references.md (as
+TRL's DPOTrainer computes them).
 
 Notation: Δ = s_c − s_r, β the inverse temperature, ε = label_smoothing,
 s̄ = s / number of completion tokens.
@@ -92,7 +92,7 @@ def _bco_pair(p: _Pair) -> Array:
   """−log σ(βs_c) − log σ(−βs_r) (Jung et al. 2024).
 
   TRL also subtracts a running mean δ of the rewards inside both sigmoids;
-  REFERENCES.md (the spec here) has no δ, so neither does this: add one by
+  docs/references.md (the spec here) has no δ, so neither does this: add one by
   shifting the log-ratios at the call site if needed.
   """
   return (-jax.nn.log_sigmoid(p.beta * p.chosen)
@@ -186,7 +186,7 @@ def dpo_loss(
     L = Σ_k w_k · mean_b ℓ_{type_k}(s_c, s_r)
         + sft_weight · mean_b (−log π(y_c|x) / |y_c|)
 
-  where ℓ is one of DPO_LOSS_TYPES (see REFERENCES.md; sigmoid is
+  where ℓ is one of DPO_LOSS_TYPES (see docs/references.md; sigmoid is
   −log σ(βΔ)), weights w default to 1, and the optional SFT term is the
   chosen completion's per-token NLL (RPO). reference_free sets log π_ref := 0.
 

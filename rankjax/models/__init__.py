@@ -13,7 +13,13 @@ from rankjax.models._config import (
     config_to_hf,
 )
 from rankjax.models._lora import LORA_TARGETS, apply_lora, lora_targets, merge_lora, zero_lora
-from rankjax.models._hf import CheckpointError, from_pretrained, load_config, save_pretrained
+from rankjax.models._hf import (
+    CheckpointError,
+    check_checkpoint_dir,
+    from_pretrained,
+    load_config,
+    save_pretrained,
+)
 from rankjax.models._transformer import (
     KVCache,
     Transformer,
@@ -25,7 +31,7 @@ from rankjax.models._transformer import (
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES", "ModelConfig", "RopeConfig", "config_from_hf",
-    "config_to_hf", "CheckpointError", "from_pretrained", "load_config",
+    "config_to_hf", "CheckpointError", "check_checkpoint_dir", "from_pretrained", "load_config",
     "save_pretrained", "KVCache", "Transformer", "create", "create_abstract",
     "default_positions", "init_cache",
     "LORA_TARGETS", "apply_lora", "lora_targets", "merge_lora", "zero_lora",

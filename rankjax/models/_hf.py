@@ -19,12 +19,45 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from rankjax.errors import UserInputError
 from rankjax.models._config import ModelConfig, config_from_hf, config_to_hf
 from rankjax.models._transformer import Transformer, create_abstract
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserInputError):
   """A Hugging Face directory that cannot be loaded (names the tensor/file)."""
+
+
+# Weights that only torch.load (pickle) reads.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+_INDEX = "model.safetensors.index.json"
+
+
+def check_checkpoint_dir(path: str | os.PathLike) -> Path:
+  """Checks that `path` is a directory `from_pretrained` can read: it
+  exists, holds config.json and safetensors weights (pickled weights are
+  refused, never loaded). Cheap: no tensor is opened. Run it before anything
+  else reads the directory (the tokenizer), so the error names the real
+  problem.
+
+  Raises:
+    CheckpointError: naming the directory and what is missing.
+  """
+  path = Path(path)
+  if not path.is_dir():
+    raise CheckpointError(f"{path}: no such directory (expected a Hugging Face model directory)")
+  if not (path / _INDEX).exists() and not any(path.glob("*.safetensors")):
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+      raise CheckpointError(
+          f"{path}: found {', '.join(pickles)} but no *.safetensors: pickled weights are "
+          "never loaded (rankjax reads safetensors only and never unpickles). Convert once "
+          "with transformers: AutoModelForCausalLM.from_pretrained(dir)"
+          ".save_pretrained(out_dir, safe_serialization=True)")
+    raise CheckpointError(f"{path}: no *.safetensors files")
+  if not (path / "config.json").exists():
+    raise CheckpointError(f"{path}: no config.json (expected a Hugging Face model directory)")
+  return path
 
 
 # (hf name, rankjax path, kind). `{i}` marks per-layer tensors that are
@@ -100,7 +133,7 @@ class _TensorReader:
   """Lazily reads tensors from one or several safetensors files."""
 
   def __init__(self, path: Path):
-    index = path / "model.safetensors.index.json"
+    index = path / _INDEX
     if index.exists():
       try:
         weight_map = json.loads(index.read_text())["weight_map"]
@@ -111,14 +144,8 @@ class _TensorReader:
         if not f.exists():
           raise CheckpointError(f"{index} names {f.name}, which does not exist")
     else:
-      files = sorted(path.glob("*.safetensors"))
-      if not files:
-        pickles = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
-        hint = (f" (found {', '.join(pickles)}: pickled weights are never loaded; "
-                "convert them to safetensors)") if pickles else ""
-        raise CheckpointError(f"{path}: no *.safetensors files{hint}")
       self.files = {}
-      for f in files:
+      for f in sorted(path.glob("*.safetensors")):
         with safe_open(f, framework="numpy") as h:
           for name in h.keys():
             self.files[name] = f
@@ -158,7 +185,7 @@ def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, *,
   num_labels: add a freshly initialised scalar head to a causal LM (e.g. a
     reward model or critic initialised from an SFT model).
   """
-  path = Path(path)
+  path = check_checkpoint_dir(path)
   dtype = jnp.dtype(dtype).name
   overrides.update(dtype=dtype, param_dtype=jnp.dtype(param_dtype or dtype).name)
   cfg = load_config(path, **overrides)

@@ -16,6 +16,7 @@ sample no reward applies to gets NaN, which the step masks out.
 from rankjax.rewards._core import (
     Reward,
     RewardInputs,
+    batch_scorer,
     combine,
     score,
 )
@@ -26,10 +27,12 @@ from rankjax.rewards._builtin import (
     overlong_penalty,
     reward_model_score,
 )
-from rankjax.rewards._host import host_reward, score_on_host
+from rankjax.rewards._host import RewardError, call_reward, host_reward, score_on_host
+from rankjax.rewards._named import BUILTIN, from_names, is_chat, verifier
 
 __all__ = [
-    "Reward", "RewardInputs", "combine", "score", "arithmetic_correct",
+    "Reward", "RewardInputs", "batch_scorer", "combine", "score", "arithmetic_correct",
     "contains_reward", "eos_reward", "overlong_penalty", "reward_model_score",
-    "host_reward", "score_on_host",
+    "host_reward", "score_on_host", "RewardError", "call_reward", "BUILTIN", "from_names",
+    "is_chat", "verifier",
 ]

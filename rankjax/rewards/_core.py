@@ -7,6 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 
@@ -65,3 +66,42 @@ def combine(per_reward_rk, weights: Sequence[float]):
   total = jnp.sum(jnp.where(ok, per_reward_rk, 0.0) * w, axis=1)
   applicable = jnp.any(ok, axis=1)
   return jnp.where(applicable, total, jnp.nan), applicable
+
+
+def batch_scorer(rewards: Sequence[Reward], weights: Sequence[float] | None = None):
+  """A host scorer over sampled completions, for evaluation and reranking:
+
+      score = batch_scorer(rewards)
+      total_r = score(prompts, tokens_rn, mask_rn, finished_r, example_index_b, pad_id=0)
+
+  prompts: B token lists (row r continues prompt r // G); example_index_b:
+  the record each prompt came from (host rewards read their columns by it).
+  Returns the weighted total f32[R] (NaN where no reward applies), from ONE
+  jitted `score` + `combine` reused across calls of equal shapes.
+  """
+  rewards = tuple(rewards)
+  weights = tuple(weights or (r.weight for r in rewards))
+  states = [r.state for r in rewards]
+
+  @jax.jit
+  def total(inputs: RewardInputs, states_):
+    return combine(score(rewards, inputs, states_), weights)[0]
+
+  def scorer(prompts, tokens_rn, mask_rn, finished_r, example_index_b, *, pad_id: int = 0):
+    b, r = len(prompts), len(tokens_rn)
+    if not b or r % b:
+      raise ValueError(f"{r} completions for {b} prompts")
+    g = r // b
+    length = max(1, max(map(len, prompts)))
+    length = 1 << (length - 1).bit_length()  # few distinct shapes, few compiles
+    prompt = np.full((b, length), pad_id, np.int32)
+    prompt_mask = np.zeros((b, length), bool)
+    for i, ids in enumerate(prompts):
+      prompt[i, length - len(ids):], prompt_mask[i, length - len(ids):] = ids, True
+    inputs = RewardInputs(
+        prompt_tokens=np.repeat(prompt, g, 0), prompt_mask=np.repeat(prompt_mask, g, 0),
+        completion_tokens=np.asarray(tokens_rn, np.int32),
+        completion_mask=np.asarray(mask_rn, bool), finished=np.asarray(finished_r, bool),
+        extras={"example_index": np.repeat(np.asarray(example_index_b, np.int32), g)})
+    return np.asarray(total(inputs, states), np.float32)
+  return scorer

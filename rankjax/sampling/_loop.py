@@ -22,8 +22,10 @@ class SampleOutput:
   tokens:            i32[R, N] completion tokens, `pad_id` after the end.
   lengths:           i32[R] tokens generated, the EOS included.
   finished:          bool[R] the row ended with an EOS (not truncated).
-  logprobs:          f32[R, N] log-prob of each token under the raw model
-                     (log-softmax of the unprocessed logits: PPO/GRPO's π_old).
+  logprobs:          f32[R, N] log-prob of each token under the model at the
+                     row's sampling temperature, unfiltered: log-softmax(logits / T)
+                     (T = 1 for greedy rows). PPO/GRPO's π_old; the trainer
+                     computes π at the same T (TRL's semantics).
   sampling_logprobs: f32[R, N] log-prob under the processed distribution
                      actually sampled from (0 for greedy rows).
   """

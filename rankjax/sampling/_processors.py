@@ -240,8 +240,10 @@ def argmax(logits_rv, block: int = 128):
 def sample_tokens(rng, logits_rv, seen_rv, params: RowParams):
   """One decoding step for R rows.
 
-  Returns (tokens i32[R], raw log-prob f32[R] under the unprocessed model,
-  log-prob f32[R] under the processed sampling distribution).
+  Returns (tokens i32[R], log-prob f32[R] under the model at the row's
+  temperature, unfiltered: log-softmax(logits / T), T = 1 for greedy rows
+  (what GRPO/PPO train against, as TRL computes it), log-prob f32[R] under
+  the processed sampling distribution (filters and penalties applied)).
   """
   logits32 = logits_rv.astype(jnp.float32)  # upcast before log-softmax
   penalised = logits32 if seen_rv is None else apply_repetition_penalty(
@@ -261,8 +263,11 @@ def sample_tokens(rng, logits_rv, seen_rv, params: RowParams):
   sampled, proc_lp = jax.lax.cond(jnp.any(~is_greedy), draw,
                                   lambda _: (greedy, jnp.zeros(greedy.shape, jnp.float32)), None)
   tokens = jnp.where(is_greedy, greedy, sampled)
-  # logit[token] - logsumexp: no [R, V] log-softmax is built each step.
-  raw_max = row_max if seen_rv is None else jnp.max(logits32, axis=-1)
-  raw_lse = raw_max + jnp.log(jnp.sum(jnp.exp(logits32 - raw_max[:, None]), axis=-1))
-  raw_lp = jnp.take_along_axis(logits32, tokens[:, None], -1)[:, 0] - raw_lse
+  # logit[token] / T - logsumexp(logits / T): no [R, V] log-softmax is built
+  # each step; max(x / t) == max(x) / t exactly (as in `draw`).
+  inv_t = 1.0 / _temperature(params)
+  raw_max = (row_max if seen_rv is None else jnp.max(logits32, axis=-1)) * inv_t
+  raw_lse = raw_max + jnp.log(jnp.sum(jnp.exp(logits32 * inv_t[:, None] - raw_max[:, None]),
+                                      axis=-1))
+  raw_lp = jnp.take_along_axis(logits32, tokens[:, None], -1)[:, 0] * inv_t - raw_lse
   return tokens, raw_lp, jnp.where(is_greedy, 0.0, proc_lp)

@@ -1,4 +1,4 @@
-"""Pipeline stages "sft", "rm", "dpo", "kto" (registered with `rankjax.run`).
+"""Pipeline stages "sft", "rm", "dpo", "kto" (`rankjax.run` lists them).
 
 Each reads its config section and `cfg.data`, builds batches through
 `rankjax.data` (see `_data` for the built-in tasks' preference pairs),
@@ -19,17 +19,20 @@ with it (eval/rerank, PPO).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import jax
 from flax import nnx
 
 from rankjax import checkpoint, models, parallel
-from rankjax import run as run_lib
 from rankjax.train import _data, _reference, _steps
 from rankjax.train._loop import (LoopConfig, MetricsWriter, evaluate_batches, jit_eval,
                                  jit_step, train_loop)
 from rankjax.train._optim import make_optimizer, make_schedule
 from rankjax.train._state import create_train_state, batch_sharding
+
+if TYPE_CHECKING:
+  from rankjax.run import Run
 
 log = logging.getLogger("rankjax.train")
 
@@ -83,7 +86,7 @@ def _with_cached_reference(run, model, batch_sh, train_batches, eval_pipe):
     raise NotImplementedError("dpo.precompute_ref is single-process for now")
   cfg, tok = run.cfg, run.tokenizer
   score = _reference.reference_scorer(model, batch_sh)
-  one_pass = _data.build_pipeline(cfg, "dpo", tok, "train", one_pass=True)
+  one_pass = _data.build_pipeline(cfg, run.task, "dpo", tok, "train", one_pass=True)
   table = _reference.precompute(iter(one_pass), score, cfg.data.batch_size)
   if eval_pipe is not None:
     table.update(_reference.precompute(iter(eval_pipe), score, cfg.data.batch_size))
@@ -92,7 +95,7 @@ def _with_cached_reference(run, model, batch_sh, train_batches, eval_pipe):
   return _reference.WithReference(train_batches, table), eval_batches
 
 
-def resume_and_train(run: run_lib.Run, name: str, state, step, batches, steps: int,
+def resume_and_train(run: Run, name: str, state, step, batches, steps: int,
                      batch_sh, *, schedule, eval_fn=None, eval_every: int = 0):
   """Restore `name`'s latest checkpoint (state + data position), run the host
   loop to `steps` with metrics, checkpoints and SIGTERM handling, and wait
@@ -118,7 +121,7 @@ def resume_and_train(run: run_lib.Run, name: str, state, step, batches, steps: i
   return state, summary
 
 
-def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int, *,
+def fit(run: Run, stage: str, model: models.Transformer, steps: int, *,
         records: list[dict] | None = None, name: str | None = None):
   """Trains `model` for `steps` with the stage's step; returns (trained
   model with LoRA merged, summary)."""
@@ -127,8 +130,9 @@ def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int, *,
   _data.check_divisible(cfg, mesh)
   hp = stage_hparams(cfg, stage)
   batch_sh = batch_sharding(mesh)
-  batches = iter(_data.build_pipeline(cfg, stage, run.tokenizer, "train", records=records))
-  eval_pipe = _data.build_pipeline(cfg, stage, run.tokenizer, "eval", records=records)
+  batches = iter(_data.build_pipeline(cfg, run.task, stage, run.tokenizer, "train",
+                                      records=records))
+  eval_pipe = _data.build_pipeline(cfg, run.task, stage, run.tokenizer, "eval", records=records)
   eval_batches = (lambda: iter(eval_pipe)) if eval_pipe is not None else None
   reference = stage == "kto" or (stage == "dpo" and not cfg.dpo.reference_free)
   if reference and stage == "dpo" and cfg.dpo.precompute_ref:
@@ -156,7 +160,7 @@ def fit(run: run_lib.Run, stage: str, model: models.Transformer, steps: int, *,
   return models.merge_lora(state.model()), summary
 
 
-def _train_policy(run: run_lib.Run, stage: str, steps: int) -> None:
+def _train_policy(run: Run, stage: str, steps: int) -> None:
   model, summary = fit(run, stage, run.model, steps)
   if exported := run.export(model, run.workdir / "export"):
     summary["export"] = exported
@@ -164,22 +168,22 @@ def _train_policy(run: run_lib.Run, stage: str, steps: int) -> None:
   run.summary[stage] = summary
 
 
-def stage_sft(run: run_lib.Run) -> None:
+def stage_sft(run: Run) -> None:
   """Supervised fine-tuning on prompt/completion (or lm) data."""
   _train_policy(run, "sft", run.cfg.sft.steps)
 
 
-def stage_dpo(run: run_lib.Run) -> None:
+def stage_dpo(run: Run) -> None:
   """DPO (and variants, `dpo.loss_type`) on preference pairs."""
   _train_policy(run, "dpo", run.cfg.dpo.steps)
 
 
-def stage_kto(run: run_lib.Run) -> None:
+def stage_kto(run: Run) -> None:
   """KTO on unpaired (or unpaired preference) data."""
   _train_policy(run, "kto", run.cfg.kto.steps)
 
 
-def stage_rm(run: run_lib.Run) -> None:
+def stage_rm(run: Run) -> None:
   """Train a Bradley-Terry reward model initialised from the policy."""
   rm = reward_model_from(run.model, seed=run.cfg.seed + 2)
   model, summary = fit(run, "rm", rm, run.cfg.rm.steps)
@@ -187,8 +191,3 @@ def stage_rm(run: run_lib.Run) -> None:
     summary["export"] = exported
   run.reward_model = model
   run.summary["rm"] = summary
-
-
-for _name, _fn in (("sft", stage_sft), ("rm", stage_rm), ("dpo", stage_dpo),
-                   ("kto", stage_kto)):
-  run_lib.register(_name, _fn)

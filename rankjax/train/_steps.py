@@ -36,31 +36,6 @@ from rankjax.train._optim import global_norm
 from rankjax.train._state import TrainState
 
 
-@dataclasses.dataclass(frozen=True)
-class RolloutSettings:
-  """How an RL step samples its rollouts (the fields GRPO and PPO share;
-  static, hashable settings bound before jit)."""
-  max_new_tokens: int = 16
-  eos_ids: tuple[int, ...] = ()
-  pad_id: int = 0
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  min_p: float = 0.0
-
-  @classmethod
-  def rollout_fields(cls, cfg, tok) -> dict:
-    """These fields from a run's `sample` config section and tokenizer."""
-    smp = cfg.sample
-    return dict(max_new_tokens=smp.max_new_tokens, eos_ids=tuple(tok.eos_ids),
-                pad_id=tok.pad_id, temperature=smp.temperature, top_k=smp.top_k,
-                top_p=smp.top_p, min_p=smp.min_p)
-
-  def row_params(self, rows: int) -> sampling.RowParams:
-    return sampling.SamplingConfig(
-        max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-        top_p=self.top_p, min_p=self.min_p).row_params(rows)
-
 Batch = Mapping[str, jax.Array]
 LossFn = Callable[[Any, Batch], tuple[jax.Array, dict[str, jax.Array]]]
 
@@ -115,20 +90,6 @@ def next_token_logits(model, batch: Batch, prefix: str = ""):
   return model.logits(hidden_btd[:, :-1])
 
 
-def token_logps(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
-  """log p(target) = logit[target] − logsumexp(logits), in float32.
-
-  Equal to `losses.token_logprobs`, without materialising the [B, T, V]
-  log-softmax: forward and backward make fewer passes over the largest
-  array of the step (on the bench model, V = 32000, the loss's forward +
-  backward ran ~1.5x faster on CPU).
-  """
-  logits_btv = logits_btv.astype(jnp.float32)  # upcast before the logsumexp
-  target_bt = jnp.take_along_axis(logits_btv, targets_bt.astype(jnp.int32)[..., None],
-                                  axis=-1)[..., 0]
-  return target_bt - jax.nn.logsumexp(logits_btv, axis=-1)
-
-
 def concat_pair(batch: Batch) -> dict[str, jax.Array]:
   """chosen_* and rejected_* stacked into one [2B, T] batch (one forward
   instead of two: the weights are read once)."""
@@ -138,7 +99,7 @@ def concat_pair(batch: Batch) -> dict[str, jax.Array]:
 
 def sequence_logps(model, batch: Batch) -> tuple[jax.Array, jax.Array]:
   """(Σ_t log p(target_t), number of targets) per row: float32[B] each."""
-  logp_bt = token_logps(next_token_logits(model, batch), batch["tokens"][:, 1:])
+  logp_bt = losses.token_logprobs(next_token_logits(model, batch), batch["tokens"][:, 1:])
   mask_bt = batch["loss_mask"][:, 1:]
   return (losses.sequence_logprobs(logp_bt, mask_bt),
           jnp.sum(mask_bt != 0, axis=-1).astype(jnp.float32))
@@ -220,20 +181,15 @@ def eval_step(state: TrainState, batch: Batch, *, objective, **hp):
 
 
 def sft_loss_fn(model, batch: Batch, *, unlikelihood_alpha: float = 0.0):
-  """Masked next-token cross entropy, token-averaged (as `losses.sft_loss`,
-  through the fused `token_logps`); + token unlikelihood when alpha > 0."""
+  """`losses.sft_loss` (masked next-token cross entropy, token mean) on the
+  batch's targets; `losses.token_unlikelihood_loss` when alpha > 0."""
   logits_btv = next_token_logits(model, batch)
   targets_bt, mask_bt = batch["tokens"][:, 1:], batch["loss_mask"][:, 1:]
   if unlikelihood_alpha:
     loss, metrics = losses.token_unlikelihood_loss(
         logits_btv, targets_bt, mask_bt, alpha=unlikelihood_alpha)
-    return loss, {**metrics, **target_metrics(batch["loss_mask"])}
-  logp_bt = token_logps(logits_btv, targets_bt)
-  # argmax == target <=> the target's logit is the row maximum (one max pass).
-  correct_bt = jnp.take_along_axis(logits_btv, targets_bt[..., None], -1)[..., 0] >= \
-      jnp.max(logits_btv, axis=-1)
-  loss = losses.masked_mean(-logp_bt, mask_bt)
-  metrics = {"token_accuracy": losses.masked_mean(jax.lax.stop_gradient(correct_bt), mask_bt)}
+  else:
+    loss, metrics = losses.sft_loss(logits_btv, targets_bt, mask_bt)
   return loss, {**metrics, **target_metrics(batch["loss_mask"])}
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from rankjax import config as config_lib
 from rankjax import inference as I
+from rankjax import rewards
 from rankjax import run as run_lib
 from rankjax import testing
 from rankjax.data import tasks
@@ -73,7 +74,7 @@ def test_evaluate_tiny_model_is_well_formed(model, problems):
   rm = testing.tiny_model("qwen2", seed=5, vocab_size=TOK.vocab_size, hidden_size=32,
                           intermediate_size=64, num_labels=1)
   m = I.evaluate(model, TOK, problems, k=K, temperature=1.0, rng=jax.random.key(0),
-                 reward_model=rm, max_new_tokens=2)
+                 rewards=[rewards.reward_model_score(rm)], max_new_tokens=2)
   for key in ("pass@1", f"pass@{K}", f"maj@{K}", f"best_of_{K}", f"best_of_{K}/reward",
               f"weighted_vote@{K}/reward", "greedy", "finished", "rank_informative"):
     assert 0.0 <= m[key] <= 1.0, key
@@ -108,7 +109,6 @@ def test_eval_label():
 
 
 def test_stages_registered_and_run(model, tmp_path, capsys):
-  run_lib._load_stage_modules()
   assert run_lib.STAGES["eval"] is _stages.stage_eval
   assert run_lib.STAGES["rerank"] is _stages.stage_rerank
   cfg = config_lib.Config(
@@ -119,8 +119,8 @@ def test_stages_registered_and_run(model, tmp_path, capsys):
   rows = [{"step": 0, "reward/mean": 0.1}, {"step": 1, "reward/mean": 0.3, "loss": 1.0},
           {"step": 0, "reward/mean": 0.2}, {"step": 1, "loss": 0.5}]
   (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  run = run_lib.Run(cfg=cfg, workdir=tmp_path, tokenizer=TOK, model=model,
-                    summary={"sft": {"loss": 0.7}})
+  run = run_lib.Run(cfg=cfg, workdir=tmp_path, task=tasks.from_config(cfg), tokenizer=TOK,
+                    model=model, summary={"sft": {"loss": 0.7}})
   run_lib.STAGES["eval"](run)
   run_lib.STAGES["eval"](run)     # (the model is unchanged here: same numbers)
   run_lib.STAGES["rerank"](run)
@@ -147,7 +147,8 @@ def test_stages_registered_and_run(model, tmp_path, capsys):
 
 def test_eval_rejects_unverifiable_source(model, tmp_path):
   cfg = config_lib.Config(pipeline=("eval",), data=config_lib.DataCfg(source="jsonl", path="x"))
-  run = run_lib.Run(cfg=cfg, workdir=tmp_path, tokenizer=TOK, model=model)
+  run = run_lib.Run(cfg=cfg, workdir=tmp_path, task=tasks.from_config(cfg), tokenizer=TOK,
+                    model=model)
   with pytest.raises(ValueError, match="verifiable"):
     _stages.stage_eval(run)
 

@@ -23,7 +23,7 @@ def _inputs(seed=0):
 
 
 def _np_dpo(loss_type, pc, pr, rc, rr, lc, lr, beta, eps=0.0, tau=0.05):
-  """Per-pair losses written from REFERENCES.md, averaged."""
+  """Per-pair losses written from docs/references.md, averaged."""
   f64 = lambda x: np.asarray(x, np.float64)
   sc, sr = f64(pc) - f64(rc), f64(pr) - f64(rr)
   z = beta * (sc - sr)

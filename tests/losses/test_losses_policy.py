@@ -82,7 +82,7 @@ def test_kl_estimators():
 
 
 # --------------------------------------------------------------------------
-# policy_gradient_loss
+# grpo_loss
 # --------------------------------------------------------------------------
 
 B, T = 4, 6
@@ -135,35 +135,32 @@ def _aggregate(per, mask, mode, max_len=None, n_global=None):
 
 
 @pytest.mark.parametrize("aggregation", ["grpo", "bnpo", "dr_grpo", "dapo"])
-def test_policy_gradient_aggregations(aggregation):
+def test_grpo_loss_aggregations(aggregation):
   logp, old, ref, adv, mask = _pg_inputs(1)
   per, _ = _np_token_losses(logp, old, ref, adv, mask, 0.2, 0.2, beta=0.0)
-  fn = jax.jit(functools.partial(losses.policy_gradient_loss,
-                                 aggregation=aggregation,
+  fn = jax.jit(functools.partial(losses.grpo_loss, aggregation=aggregation,
                                  max_completion_length=10))
   loss, _ = fn(logp, old, adv, mask, num_active_tokens_global=40)
   assert_close(loss, _aggregate(per, mask, aggregation, max_len=10,
                                 n_global=40))
 
 
-def test_policy_gradient_aggregation_defaults():
+def test_grpo_loss_aggregation_defaults():
   logp, old, ref, adv, mask = _pg_inputs(2)
   per, _ = _np_token_losses(logp, old, ref, adv, mask, 0.2, 0.2, beta=0.0)
-  dr, _ = losses.policy_gradient_loss(logp, old, adv, mask,
-                                      aggregation="dr_grpo")
+  dr, _ = losses.grpo_loss(logp, old, adv, mask, aggregation="dr_grpo")
   assert_close(dr, _aggregate(per, mask, "dr_grpo", max_len=T))
-  dapo, _ = losses.policy_gradient_loss(logp, old, adv, mask,
-                                        aggregation="dapo")
+  dapo, _ = losses.grpo_loss(logp, old, adv, mask, aggregation="dapo")
   # With the whole batch local, DAPO's global token mean equals BNPO.
   assert_close(dapo, _aggregate(per, mask, "bnpo"))
 
 
-def test_policy_gradient_clip_higher_and_kl():
+def test_grpo_loss_clip_higher_and_kl():
   logp, old, ref, adv, mask = _pg_inputs(3)
   eps_low, eps_high, beta = 0.2, 0.28, 0.04
   per, ratios = _np_token_losses(logp, old, ref, adv, mask, eps_low, eps_high,
                                  beta)
-  fn = jax.jit(functools.partial(losses.policy_gradient_loss, eps_low=eps_low,
+  fn = jax.jit(functools.partial(losses.grpo_loss, eps_low=eps_low,
                                  eps_high=eps_high, beta=beta,
                                  aggregation="bnpo"))
   loss, metrics = fn(logp, old, adv, mask, ref_logp_bt=ref)
@@ -180,8 +177,8 @@ def test_policy_gradient_clip_higher_and_kl():
   d = ref.astype(np.float64) - logp
   assert_close(metrics["kl"], ((np.exp(d) - d - 1) * mask).sum() / mask.sum())
   # Asymmetric ε differs from the symmetric loss on these inputs.
-  sym, _ = losses.policy_gradient_loss(logp, old, adv, mask, beta=beta,
-                                       ref_logp_bt=ref, aggregation="bnpo")
+  sym, _ = losses.grpo_loss(logp, old, adv, mask, beta=beta, ref_logp_bt=ref,
+                            aggregation="bnpo")
   assert abs(float(sym) - float(loss)) > 1e-4
 
 
@@ -189,7 +186,7 @@ def test_gspo_sequence_level_ratio():
   logp, old, ref, adv, mask = _pg_inputs(4)
   per, ratios = _np_token_losses(logp, old, ref, adv, mask, 3e-4, 4e-4,
                                  beta=0.0, sequence=True)
-  fn = jax.jit(functools.partial(losses.policy_gradient_loss, eps_low=3e-4,
+  fn = jax.jit(functools.partial(losses.grpo_loss, eps_low=3e-4,
                                  eps_high=4e-4, ratio_level="sequence"))
   loss, metrics = fn(logp, old, adv, mask)
   assert_close(loss, _aggregate(per, mask, "grpo"))
@@ -200,39 +197,33 @@ def test_gspo_sequence_level_ratio():
   assert_close(np.asarray(grad) * (1 - mask), np.zeros((B, T)))
 
 
-def test_policy_gradient_on_policy_gradient_is_advantage():
+def test_grpo_loss_on_policy_gradient_is_advantage():
   # At ρ = 1 the surrogate's gradient is −A/|o_i|/B per token (grpo mode).
   _, old, _, adv, mask = _pg_inputs(5)
-  grad = jax.grad(lambda x: losses.policy_gradient_loss(x, old, adv, mask)[0])(
-      old)
+  grad = jax.grad(lambda x: losses.grpo_loss(x, old, adv, mask)[0])(old)
   expected = -adv[:, None] * mask / mask.sum(1, keepdims=True) / B
   assert_close(grad, expected)
 
 
-def test_policy_gradient_empty_mask_and_errors():
+def test_grpo_loss_empty_mask_and_errors():
   logp, old, ref, adv, _ = _pg_inputs(6)
   zeros = np.zeros((B, T), np.float32)
   for aggregation in ("grpo", "bnpo", "dr_grpo", "dapo"):
-    fn = functools.partial(losses.policy_gradient_loss,
-                           aggregation=aggregation, beta=0.1)
+    fn = functools.partial(losses.grpo_loss, aggregation=aggregation,
+                           beta=0.1)
     loss, metrics = jax.jit(fn)(logp, old, adv, zeros, ref_logp_bt=ref)
     assert_close(loss, 0.0)
     assert_finite_tree(metrics)
     assert_finite_tree(jax.grad(
         lambda x: fn(x, old, adv, zeros, ref_logp_bt=ref)[0])(logp))
   with pytest.raises(ValueError, match="aggregation"):
-    losses.policy_gradient_loss(logp, old, adv, zeros, aggregation="mean")
+    losses.grpo_loss(logp, old, adv, zeros, aggregation="mean")
   with pytest.raises(ValueError, match="ref_logp_bt"):
-    losses.policy_gradient_loss(logp, old, adv, zeros, beta=0.1)
+    losses.grpo_loss(logp, old, adv, zeros, beta=0.1)
   with pytest.raises(ValueError, match="advantages_b"):
-    losses.policy_gradient_loss(logp, old, adv[:3], zeros)
+    losses.grpo_loss(logp, old, adv[:3], zeros)
   with pytest.raises(ValueError, match="old_logp_bt"):
-    losses.policy_gradient_loss(logp, old[:, :3], adv, zeros)
-
-
-# --------------------------------------------------------------------------
-# PPO
-# --------------------------------------------------------------------------
+    losses.grpo_loss(logp, old[:, :3], adv, zeros)
 
 
 def _np_gae(r, v, mask, gamma, lam):
@@ -305,6 +296,101 @@ def test_ppo_policy_loss_is_token_mean_clipped_surrogate():
   loss, _ = jax.jit(functools.partial(losses.ppo_policy_loss, clip=0.1))(
       logp, old, adv, mask)
   assert_close(loss, (per * mask).sum() / mask.sum())
+
+
+def _ppo_inputs(seed):
+  """Ratios and values spread so that every clip side is hit; padding holds
+  finite values that must not count."""
+  logp, old, _, _, mask = _pg_inputs(seed)
+  rng = np.random.default_rng(seed)
+  adv = rng.normal(size=(B, T)).astype(np.float32)
+  v_old = rng.normal(size=(B, T)).astype(np.float32)
+  v = (v_old + rng.uniform(-0.5, 0.5, size=(B, T))).astype(np.float32)
+  ret = (v_old + rng.normal(0, 1.0, size=(B, T))).astype(np.float32)
+  return logp, old, adv, v, v_old, ret, mask
+
+
+def _np_ppo_loss(logp, old, adv, v, v_old, ret, mask, clip, value_clip,
+                 vf_coef):
+  """PPO (Schulman et al. 2017) per token, written longhand in float64:
+  L^CLIP = min(ρA, clip(ρ, 1−ε, 1+ε)A), maximised, so its negative is the
+  loss; value loss clipped around V_old as TRL's PPOTrainer; both averaged
+  over the mask's tokens."""
+  logp, old, adv, v, v_old, ret = (np.asarray(x, np.float64) for x in
+                                   (logp, old, adv, v, v_old, ret))
+  n = mask.sum()
+  pg = vf = clipfrac = 0.0
+  for i in range(B):
+    for t in range(T):
+      if not mask[i, t]:
+        continue
+      rho = np.exp(logp[i, t] - old[i, t])
+      rho_clipped = min(max(rho, 1 - clip), 1 + clip)
+      pg += -min(rho * adv[i, t], rho_clipped * adv[i, t]) / n
+      v_clipped = min(max(v[i, t], v_old[i, t] - value_clip),
+                      v_old[i, t] + value_clip)
+      unclipped = (v[i, t] - ret[i, t]) ** 2
+      clipped = (v_clipped - ret[i, t]) ** 2
+      vf += 0.5 * max(unclipped, clipped) / n
+      clipfrac += float(clipped > unclipped) / n
+  return pg + vf_coef * vf, pg, vf, clipfrac
+
+
+def test_ppo_loss_matches_paper_formulas():
+  logp, old, adv, v, v_old, ret, mask = _ppo_inputs(12)
+  hp = dict(clip=0.1, value_clip=0.2, vf_coef=0.3)
+  total, pg, vf, clipfrac = _np_ppo_loss(logp, old, adv, v, v_old, ret, mask,
+                                         **hp)
+  assert 0 < clipfrac < 1  # both value branches are exercised
+  loss, metrics = jax.jit(functools.partial(losses.ppo_loss, **hp))(
+      logp, old, adv, v, v_old, ret, mask)
+  assert_close(loss, total)
+  assert_close(metrics["loss"], total)
+  assert_close(metrics["policy/loss"], pg)
+  assert_close(metrics["value/loss"], vf)
+  assert_close(metrics["value/clipfrac"], clipfrac)
+  rho = np.exp(logp.astype(np.float64) - old)
+  clipped = ((rho < 0.9) & (adv < 0)) | ((rho > 1.1) & (adv > 0))
+  assert clipped[mask > 0].any()
+  assert_close(metrics["policy/clip_ratio/region_mean"],
+               (clipped * mask).sum() / mask.sum())
+
+
+def test_ppo_loss_is_the_steps_combination_of_its_pieces():
+  # What the PPO step computed inline before `ppo_loss` existed.
+  logp, old, adv, v, v_old, ret, mask = _ppo_inputs(13)
+  pg, pg_m = losses.ppo_policy_loss(logp, old, adv, mask, clip=0.2)
+  vf, vf_m = losses.ppo_value_loss(v, v_old, ret, mask, clip=0.15)
+  expected = {"loss": pg + 0.5 * vf,
+              **{f"policy/{k}": x for k, x in pg_m.items()},
+              **{f"value/{k}": x for k, x in vf_m.items()}}
+  loss, metrics = losses.ppo_loss(logp, old, adv, v, v_old, ret, mask,
+                                  clip=0.2, value_clip=0.15, vf_coef=0.5)
+  assert_close(loss, pg + 0.5 * vf)
+  assert sorted(metrics) == sorted(expected)
+  for k in expected:
+    assert_close(metrics[k], expected[k])
+
+
+def test_ppo_loss_gradients():
+  logp, old, adv, v, v_old, ret, mask = _ppo_inputs(14)
+  fn = functools.partial(losses.ppo_loss, vf_coef=0.25)
+  g_logp, g_v = jax.grad(lambda a, b: fn(a, old, adv, b, v_old, ret, mask)[0],
+                         argnums=(0, 1))(logp, v)
+  assert_close(np.asarray(g_logp) * (1 - mask), np.zeros((B, T)))
+  # d/dV of vf_coef · ½ max((V−R)², (clip(V)−R)²) / Σm, written out.
+  v64, old64, ret64 = (a.astype(np.float64) for a in (v, v_old, ret))
+  v_clipped = np.clip(v64, old64 - 0.2, old64 + 0.2)
+  inside = (v64 > old64 - 0.2) & (v64 < old64 + 0.2)
+  use_clipped = (v_clipped - ret64) ** 2 > (v64 - ret64) ** 2
+  dv = np.where(use_clipped, (v_clipped - ret64) * inside, v64 - ret64)
+  assert_close(g_v, 0.25 * dv * mask / mask.sum())
+  zeros = np.zeros((B, T), np.float32)
+  loss, metrics = jax.jit(fn)(logp, old, adv, v, v_old, ret, zeros)
+  assert_close(loss, 0.0)
+  assert_finite_tree(metrics)
+  assert_finite_tree(jax.grad(
+      lambda a: fn(a, old, adv, v, v_old, ret, zeros)[0])(logp))
 
 
 def test_ppo_token_rewards():

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from rankjax import config as config_lib
 from rankjax import parallel, rewards, testing, train
-from rankjax.config import OptimCfg
+from rankjax.config import GRPOCfg, OptimCfg, PPOCfg, SampleCfg
 from rankjax.data import tasks
 from rankjax.tokenizer import CharTokenizer
 from rankjax.train import _grpo, _ppo, _rl
@@ -35,14 +36,19 @@ def _batches(split="train", b=8):
   return _rl.PromptBatches(tasks.generate(TASK, split, 64), TOK, b, 8, seed=0)
 
 
-def _settings(**kw):
-  kw = dict(dict(group_size=4, max_new_tokens=4, eos_ids=(TOK.eos_id,), num_minibatches=2), **kw)
-  return _grpo.GRPOSettings(**kw)
+def _rollout(max_new_tokens=4, eos_ids=(TOK.eos_id,), **sample):
+  return train.RolloutSettings(SampleCfg(max_new_tokens=max_new_tokens, **sample), eos_ids)
+
+
+def _settings(max_new_tokens=4, eos_ids=(TOK.eos_id,), **kw):
+  """The step's static settings: the `grpo` section and the rollout's."""
+  hp = GRPOCfg(**dict(dict(group_size=4, num_minibatches=2), **kw))
+  return {"hp": hp, "rollout": _rollout(max_new_tokens, eos_ids)}
 
 
 def _jit(state_sh, batch_sh, rws, settings):
   return _rl.jit_rl_step(_grpo.grpo_step, state_sh, batch_sh, [r.state for r in rws],
-                         settings=settings, rewards=tuple(rws))
+                         rewards=tuple(rws), **settings)
 
 
 def test_grpo_step_compiles_once():
@@ -113,13 +119,16 @@ def test_raising_host_reward_names_the_reward():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(group_size=1), "group_size >= 2"),
+    (dict(group_size=1), "'grpo.group_size': must be >= 2"),
     (dict(num_minibatches=3), "whole groups"),
-    (dict(advantage="ppo"), "one of grpo, rloo, reinforce_pp"),
+    (dict(advantage="ppo"), "one of 'grpo', 'rloo', 'reinforce_pp'"),
 ])
 def test_bad_settings_fail_before_compiling(kw, match):
+  # The config section IS the step's settings: it is checked once, by the
+  # config, before anything compiles.
+  cfg = config_lib.Config(pipeline=("grpo",), grpo=GRPOCfg(**dict(dict(num_prompts=8), **kw)))
   with pytest.raises(ValueError, match=match):
-    _grpo.check_settings(_settings(**kw), 8)
+    config_lib.validate(cfg)
 
 
 def _sft(model, steps=150, records=None):
@@ -219,10 +228,9 @@ def test_ppo_raises_reward_on_its_prompts(sft_model):
   # rounding (z 0.8-3.3); here it held at z 4.0-5.2 over 3 prompt orders.
   state, sh, bsh = _state(model, lr=2e-3, with_reference=True)
   rws = [rewards.arithmetic_correct(TOK)]
-  settings = _ppo.PPOSettings(max_new_tokens=4, eos_ids=(TOK.eos_id,), num_epochs=2,
-                              num_minibatches=2, vf_coef=0.1)
-  step = jax.jit(functools.partial(_ppo.ppo_step, settings=settings, rewards=tuple(rws)),
-                 donate_argnums=0)
+  hp = PPOCfg(num_epochs=2, num_minibatches=2, vf_coef=0.1)
+  step = jax.jit(functools.partial(_ppo.ppo_step, hp=hp, rollout=_rollout(),
+                                   rewards=tuple(rws)), donate_argnums=0)
   batches = _rl.PromptBatches(tasks.generate(TASK, "train", 64), TOK, 64, 8, seed=0)
   coef, metrics = jnp.float32(0.01), []
   for _ in range(60):
@@ -298,7 +306,7 @@ def test_completion_logps_one_new_token():
 
 
 def test_minibatch_order_is_a_permutation_per_iteration():
-  s = _grpo.GRPOSettings(group_size=4, num_iterations=2, num_minibatches=2)
+  s = GRPOCfg(group_size=4, num_iterations=2, num_minibatches=2)
   order = np.asarray(_grpo.minibatch_order(jax.random.key(0), 8, s))
   assert order.shape == (4, 4) and np.issubdtype(order.dtype, np.integer)
   for it in range(2):  # minibatches 2i, 2i+1 split pass i's prompts
@@ -308,3 +316,33 @@ def test_minibatch_order_is_a_permutation_per_iteration():
                                 order)  # deterministic in the key
   other = np.asarray(_grpo.minibatch_order(jax.random.key(1), 8, s))
   assert not np.array_equal(other, order)
+
+
+def test_sampling_temperature_stays_on_policy():
+  """At T = 0.7 with top-p 0.9 the sampler's log-probs of its tokens (π_old)
+  and the trainer's (π before any update) agree to float32 rounding: both
+  are log-softmax(logits / T), unfiltered (TRL's semantics). A trainer at
+  T = 1 would be off by far more, and the step's metric says so."""
+  rws = [rewards.arithmetic_correct(TOK)]
+  settings = {"hp": GRPOCfg(group_size=4, num_minibatches=2),
+              "rollout": _rollout(temperature=0.7, top_p=0.9)}
+  state, sh, bsh = _state(_model(seed=2))
+  batch = next(_batches())
+  _, metrics = _jit(sh, bsh, rws, settings)(state, batch, [None])
+  assert float(metrics["logprob_mismatch"]) <= 1e-5
+
+  state, _, _ = _state(_model(seed=2))
+
+  @jax.jit
+  def mismatch(state, batch):
+    ro = train.rollout(state.model(), batch, rws, [None], jax.random.key(0),
+                       settings=settings["rollout"], group_size=4)
+    out = []
+    for t in (0.7, 1.0):
+      logp = train.completion_logps(state.model(), ro.prompt, ro.prompt_mask, ro.completion,
+                                    ro.completion_mask, temperature=t)
+      out.append(train.logprob_mismatch(logp, ro))
+    return out
+
+  at_t, at_1 = (float(x) for x in mismatch(state, batch))
+  assert at_t <= 1e-5 < 1e-2 < at_1, (at_t, at_1)

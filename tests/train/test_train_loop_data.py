@@ -20,8 +20,8 @@ def test_preference_pairs_are_deterministic_and_wrong():
     task = tasks.ArithmeticTask(ops=("add", "sub", "mul"), max_digits=2, cot=cot)
     records = tasks.generate(task, "train", 50)
     marker = tasks.ANSWER_MARKER if cot else None
-    pairs = train.preference_records(records, seed=3, marker=marker)
-    assert pairs == train.preference_records(records, seed=3, marker=marker)
+    pairs = tasks.preference_records(records, seed=3, marker=marker)
+    assert pairs == tasks.preference_records(records, seed=3, marker=marker)
     for r, p in zip(records, pairs):
       assert p["prompt"] == r["prompt"] and p["chosen"] == r["completion"]
       assert tasks.verify(p["chosen"], r["answer"], cot=cot) == 1.0

@@ -20,10 +20,10 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_layers=1",
 STAGES = {"sft": ("sft",), "rm": ("rm",), "dpo": ("sft", "dpo"), "kto": ("sft", "kto")}
 
 
-def _launch(recipe, workdir, *extra):
+def _launch(recipe, workdir, *extra, code=0):
   argv = ["--config", os.path.join(CONFIGS, f"{recipe}.py"), "--workdir", str(workdir),
           *TINY, *extra]
-  assert launch.main(argv) == 0
+  assert launch.main(argv) == code
 
 
 def _metrics(workdir):
@@ -92,11 +92,12 @@ def test_kto_on_user_unpaired_jsonl(tmp_path):
   assert [r["step"] for r in _metrics(tmp_path / "run") if "loss" in r] == [1, 2]
 
 
-def test_wrong_format_for_stage_is_a_clear_error(tmp_path):
+def test_wrong_format_for_stage_is_a_clear_error(tmp_path, capsys):
   path = _write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "1+1=", "completion": "2"}] * 8)
-  with pytest.raises(ValueError, match="stage 'dpo' trains on preference"):
-    _launch("dpo", tmp_path / "run", "--config.pipeline=dpo", "--config.data.source=jsonl",
-            f"--config.data.path={path}", "--config.dpo.steps=2")
+  _launch("dpo", tmp_path / "run", "--config.pipeline=dpo", "--config.data.source=jsonl",
+          f"--config.data.path={path}", "--config.dpo.steps=2", code=2)
+  last = capsys.readouterr().err.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "stage 'dpo' trains on preference" in last, last
 
 
 def test_ppo_resume_restores_critic_and_kl_coefficient(tmp_path):

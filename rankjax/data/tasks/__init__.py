@@ -1,7 +1,10 @@
-"""Built-in verifiable tasks: generators/readers plus verifiers.
+"""Tasks: a run's problems, prompts, verifiers and answer extraction (`Task`).
 
-Arithmetic is generated in-process (the default demo's data, no downloads);
-GSM8K is read from a local JSONL file.
+Built-ins: arithmetic, generated in-process (the default demo's data, no
+downloads), and GSM8K, read from a local JSONL file. A user's JSONL/Parquet
+with TRL columns is a `FileTask`; a Python file can return any `Task`
+(`from_config` reads `cfg.task` / `cfg.data`). Adding a built-in task is one
+module here plus its branch in `from_config`.
 """
 
 from rankjax.data.tasks.arithmetic import ANSWER_MARKER
@@ -21,3 +24,14 @@ from rankjax.data.tasks.gsm8k import extract_gsm8k_answer
 from rankjax.data.tasks.gsm8k import GSM8KFormatError
 from rankjax.data.tasks.gsm8k import read_gsm8k
 from rankjax.data.tasks.gsm8k import verify_numeric
+from rankjax.data.tasks._task import Arithmetic
+from rankjax.data.tasks._task import corrupt_completion
+from rankjax.data.tasks._task import encode_prompt
+from rankjax.data.tasks._task import FileTask
+from rankjax.data.tasks._task import from_config
+from rankjax.data.tasks._task import GSM8K
+from rankjax.data.tasks._task import load_callable
+from rankjax.data.tasks._task import noisy_demonstrations
+from rankjax.data.tasks._task import preference_records
+from rankjax.data.tasks._task import Task
+from rankjax.data.tasks._task import wrong_answer

@@ -14,6 +14,8 @@ import os
 import re
 from typing import Any
 
+from rankjax.errors import UserInputError
+
 FINAL_MARKER = "####"
 
 # A number: optional '-', digits with optional thousands commas, optional
@@ -22,7 +24,7 @@ FINAL_MARKER = "####"
 _NUMBER = re.compile(r"(?<![\d.])-?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?")
 
 
-class GSM8KFormatError(ValueError):
+class GSM8KFormatError(UserInputError):
   """A malformed row; the message starts with `path:line:`."""
 
 
@@ -103,6 +105,8 @@ def read_gsm8k(path: str | os.PathLike[str]) -> list[dict[str, str]]:
   Raises:
     GSM8KFormatError: naming the file and 1-based line of the first bad row.
   """
+  if not os.path.isfile(path):
+    raise GSM8KFormatError(f"{os.fspath(path)}: no such file")
   records = []
   with open(path, encoding="utf-8") as f:
     for line_number, line in enumerate(f, start=1):

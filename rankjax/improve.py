@@ -1,5 +1,7 @@
 """Self-improvement: verified samples of the current policy become its
-training data (stages "star" and "iterative_dpo").
+training data (stages "star" and "iterative_dpo"). It sits above `train`
+and `inference` and uses their public names: sampling and verification from
+`inference.collect`, training from `train.fit`.
 
 STaR (Zelikman et al. 2022, arXiv 2203.14465) / ReST-EM (Singh et al. 2023,
 arXiv 2312.06585): for I iterations, sample K completions per training
@@ -15,39 +17,45 @@ same prompt, and run DPO on the pairs with the current policy as reference.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
-from rankjax import run as run_lib
-from rankjax.inference._evaluate import collect
+from rankjax import rewards as rewards_lib
+from rankjax.errors import UserInputError
+from rankjax.inference import collect
+from rankjax.train import fit
 
-log = logging.getLogger("rankjax.inference")
+if TYPE_CHECKING:
+  from rankjax.run import Run
+
+log = logging.getLogger("rankjax.improve")
 
 
-def _train_prompts(run: run_lib.Run, iteration: int) -> tuple[list[dict], dict]:
-  """A seeded slice of training problems for this iteration + verify kwargs."""
-  from rankjax.train import _data
-  from rankjax.inference._stages import uses_chat
+def _train_prompts(run: Run, iteration: int) -> list[dict]:
+  """A seeded slice of the task's training problems for this iteration."""
   cfg = run.cfg
-  records, _ = _data._task_records(cfg, "train")
+  records = run.task.records("train")
   if not records:
-    raise ValueError("self-improvement needs training problems (data.source arithmetic/gsm8k)")
+    raise UserInputError(f"self-improvement needs training problems; task {run.task.name!r} "
+                         "has none")
   n = min(cfg.self_improve.num_prompts, len(records))
   idx = np.random.default_rng([cfg.seed, 11, iteration]).choice(len(records), n, replace=False)
-  kw = {"cot": cfg.data.cot}
-  if cfg.data.source == "gsm8k":
-    from rankjax.data import tasks
-    kw = {"verifier": tasks.verify_numeric, "extract": tasks.extract_gsm8k_answer,
-          "chat": uses_chat(cfg)}
-  return [records[i] for i in idx], kw
+  return [records[i] for i in idx]
 
 
-def _sample(run: run_lib.Run, problems, kw, iteration: int):
+def _sample(run: Run, problems, iteration: int):
+  """K samples per problem with the run's sampling knobs (`cfg.sample`, at
+  the eval temperature), verified like evaluation verifies."""
   cfg = run.cfg
+  verifier = rewards_lib.verifier(run.task, cfg.grpo.rewards,
+                                  threshold=cfg.eval.pass_threshold)
   return collect(run.model, run.tokenizer, problems, k=cfg.self_improve.num_samples,
                  temperature=cfg.eval.temperature, max_new_tokens=cfg.sample.max_new_tokens,
-                 rng=jax.random.key(cfg.seed * 1000 + 17 + iteration), greedy=False, **kw)
+                 top_k=cfg.sample.top_k, top_p=cfg.sample.top_p, min_p=cfg.sample.min_p,
+                 rng=jax.random.key(cfg.seed * 1000 + 17 + iteration), greedy=False,
+                 task=run.task, verifier=verifier)
 
 
 def verified_records(problems, samples) -> list[dict]:
@@ -75,14 +83,13 @@ def preference_pairs(problems, samples) -> list[dict]:
   return rows
 
 
-def _iterate(run: run_lib.Run, stage: str, make_rows, train_stage: str) -> None:
-  from rankjax.train import fit
+def _iterate(run: Run, stage: str, make_rows, train_stage: str) -> None:
   cfg = run.cfg
   base = run.model
   history = []
   for it in range(1, cfg.self_improve.iterations + 1):
-    problems, kw = _train_prompts(run, it)
-    samples = _sample(run, problems, kw, it)
+    problems = _train_prompts(run, it)
+    samples = _sample(run, problems, it)
     rows = make_rows(problems, samples)
     accuracy = float(np.mean(samples.correct))
     print(f"{stage} iteration {it}: sample accuracy {accuracy:.3f}, {len(rows)} training rows")
@@ -103,15 +110,12 @@ def _iterate(run: run_lib.Run, stage: str, make_rows, train_stage: str) -> None:
   run.summary[stage] = {"iterations": history}
 
 
-def stage_star(run: run_lib.Run) -> None:
+def stage_star(run: Run) -> None:
   """STaR / ReST-EM: SFT on the policy's own verified samples, repeated."""
   _iterate(run, "star", verified_records, "sft")
 
 
-def stage_iterative_dpo(run: run_lib.Run) -> None:
+def stage_iterative_dpo(run: Run) -> None:
   """Iterative DPO on verifier-ranked pairs of the current policy's samples."""
   _iterate(run, "iterative_dpo", preference_pairs, "dpo")
 
-
-run_lib.register("star", stage_star)
-run_lib.register("iterative_dpo", stage_iterative_dpo)

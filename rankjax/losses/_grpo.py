@@ -1,9 +1,7 @@
-"""Policy-gradient pieces for GRPO-family and PPO training, on plain arrays.
-
-Advantage estimators (GRPO, RLOO, REINFORCE++, GAE), KL estimators, the
-clipped surrogate with its aggregation modes, the PPO value loss and the
-adaptive KL controller. Formulas follow REFERENCES.md; where TRL and the
-papers differ, the docstring says which one is implemented.
+"""GRPO-family losses on plain arrays: group advantage estimators and the
+clipped surrogate with its aggregation modes (GRPO, BNPO, Dr. GRPO, DAPO)
+and ratio levels (token; sequence as GSPO). Formulas: see docs/references.md;
+where TRL and the papers differ, the docstring says which one is implemented.
 
 Axis letters: B batch (sequences; for group estimators B = prompts × G,
 each prompt's G samples contiguous), G group size, T completion tokens.
@@ -15,22 +13,19 @@ import jax
 import jax.numpy as jnp
 
 from rankjax.losses import _common
+from rankjax.losses._common import f32
+from rankjax.losses._kl import kl_k3
 
 Array = jax.Array
 
 _SCALES = ("group", "batch", "none")
 _RATIO_LEVELS = ("token", "sequence")
 _AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
-_KL_ESTIMATORS = ("k1", "k2", "k3")
-
-
-def _f32(x) -> Array:
-  return jnp.asarray(x).astype(jnp.float32)
 
 
 def _grouped(rewards: Array, group_size: int) -> Array:
   """float32[B] -> float32[B / G, G], checking that G divides B."""
-  r = _f32(rewards).reshape(-1)
+  r = f32(rewards).reshape(-1)
   if group_size < 1 or r.shape[0] % group_size:
     raise ValueError(f"group_size={group_size} must divide the number of "
                      f"rewards ({r.shape[0]}).")
@@ -107,7 +102,7 @@ def reinforce_pp_advantages(
   sharded batch, the batch is global.
   """
   if group_size is None:
-    a = _f32(rewards_b).reshape(-1)
+    a = f32(rewards_b).reshape(-1)
   else:
     r_pg = _grouped(rewards_b, group_size)
     a = (r_pg - jnp.mean(r_pg, axis=1, keepdims=True)).reshape(-1)
@@ -115,27 +110,7 @@ def reinforce_pp_advantages(
   return adv.reshape(jnp.shape(rewards_b))
 
 
-def kl_k1(logp: Array, ref_logp: Array) -> Array:
-  """k1 = log π − log π_ref (unbiased, can be negative; Schulman 2020)."""
-  return _f32(logp) - _f32(ref_logp)
-
-
-def kl_k2(logp: Array, ref_logp: Array) -> Array:
-  """k2 = ½ (log π − log π_ref)²."""
-  return 0.5 * jnp.square(_f32(logp) - _f32(ref_logp))
-
-
-def kl_k3(logp: Array, ref_logp: Array) -> Array:
-  """k3 = exp(ref − logp) − (ref − logp) − 1 ≥ 0 (unbiased; GRPO's KL)."""
-  d = _f32(ref_logp) - _f32(logp)
-  # expm1 keeps the difference of two ~1 numbers exact for small d.
-  return jnp.expm1(d) - d
-
-
-_KL = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
-
-
-def policy_gradient_loss(
+def grpo_loss(
     logp_bt: Array,
     old_logp_bt: Array,
     advantages_b: Array,
@@ -150,7 +125,9 @@ def policy_gradient_loss(
     ref_logp_bt: Array | None = None,
     beta: float = 0.0,
 ) -> tuple[Array, dict[str, Array]]:
-  """Clipped surrogate of the GRPO family (PPO's policy loss, generalised).
+  """GRPO loss (Shao et al. 2024, arXiv 2402.03300): the clipped surrogate.
+
+  PPO's policy loss, generalised to the GRPO family's variants.
 
   Per token, with ρ the importance ratio and A the advantage:
 
@@ -189,7 +166,7 @@ def policy_gradient_loss(
   if beta and ref_logp_bt is None:
     raise ValueError("beta != 0 needs ref_logp_bt for the KL term.")
   b, t = jnp.shape(logp_bt)
-  adv = _f32(advantages_b)
+  adv = f32(advantages_b)
   if adv.shape == (b,):
     adv_bt = adv[:, None]
   elif adv.shape == (b, t):
@@ -198,7 +175,7 @@ def policy_gradient_loss(
     raise ValueError(f"advantages_b must have shape {(b,)} or {(b, t)}, got "
                      f"{adv.shape}.")
 
-  log_ratio_bt = _f32(logp_bt) - _f32(old_logp_bt)
+  log_ratio_bt = f32(logp_bt) - f32(old_logp_bt)
   if ratio_level == "sequence":
     log_ratio_bt = _common.masked_mean(log_ratio_bt, mask_bt, axis=-1)[:, None]
   ratio_bt = jnp.exp(log_ratio_bt)
@@ -225,7 +202,7 @@ def policy_gradient_loss(
       num_active_tokens_global = jnp.sum(jnp.asarray(mask_bt) != 0)
     # Clamp like TRL: an all-padding batch gives 0, not NaN.
     loss = _common.masked_sum(loss_bt, mask_bt) / jnp.maximum(
-        _f32(num_active_tokens_global), 1.0)
+        f32(num_active_tokens_global), 1.0)
 
   # Diagnostics, not differentiated. A clip only matters on the side where
   # it bounds the objective: ρ < 1 − ε_low with A < 0, ρ > 1 + ε_high with A > 0.
@@ -240,165 +217,3 @@ def policy_gradient_loss(
       "ratio_mean": _common.masked_mean(ratio_bt, mask_bt),
   })
   return loss, metrics
-
-
-def ppo_policy_loss(
-    logp_bt: Array,
-    old_logp_bt: Array,
-    advantages_bt: Array,
-    mask_bt: Array,
-    *,
-    clip: float = 0.2,
-) -> tuple[Array, dict[str, Array]]:
-  """PPO clipped policy loss (Schulman et al. 2017, arXiv 1707.06347).
-
-    L = Σ m · max(−Aρ, −A clip(ρ, 1 − ε, 1 + ε)) / Σ m,  ρ = exp(log π − log π_old)
-
-  i.e. `policy_gradient_loss` with symmetric ε and token-mean ("bnpo")
-  aggregation, as TRL's PPOTrainer.
-  """
-  return policy_gradient_loss(logp_bt, old_logp_bt, advantages_bt, mask_bt,
-                              eps_low=clip, eps_high=clip, aggregation="bnpo")
-
-
-def ppo_token_rewards(
-    scores_b: Array,
-    logp_bt: Array,
-    ref_logp_bt: Array,
-    mask_bt: Array,
-    *,
-    kl_coef: float,
-    kl_estimator: str = "k1",
-    has_eos_b: Array | None = None,
-    missing_eos_penalty: float = 0.0,
-) -> Array:
-  """Per-token PPO rewards (Ouyang et al. 2022; Ziegler et al. 2019).
-
-    r_t = −kl_coef · KL_t + [t = last completion token] · (score − penalty)
-
-  penalty = missing_eos_penalty where has_eos_b is False. Positions outside
-  the mask get 0. KL_t is k1 (default) or k3 of log π vs log π_ref.
-
-  Returns:
-    float32[B, T] rewards for `gae`.
-  """
-  _common.check_choice("kl_estimator", kl_estimator, _KL_ESTIMATORS)
-  _common.check_same_shape(logp_bt=logp_bt, ref_logp_bt=ref_logp_bt,
-                           mask_bt=mask_bt)
-  scores = _f32(scores_b)
-  if has_eos_b is not None and missing_eos_penalty:
-    scores = scores - missing_eos_penalty * (~jnp.asarray(has_eos_b, bool))
-  valid_bt = jnp.asarray(mask_bt) != 0
-  t = valid_bt.shape[1]
-  # Last valid position per row (works for left or right padding).
-  last_b = t - 1 - jnp.argmax(valid_bt[:, ::-1], axis=-1)
-  at_last_bt = (jnp.arange(t)[None, :] == last_b[:, None]) & valid_bt
-  rewards_bt = -kl_coef * jax.lax.stop_gradient(
-      _KL[kl_estimator](logp_bt, ref_logp_bt))
-  rewards_bt = rewards_bt + at_last_bt * scores[:, None]
-  return jnp.where(valid_bt, rewards_bt, 0.0)
-
-
-def gae(
-    rewards_bt: Array,
-    values_bt: Array,
-    mask_bt: Array,
-    *,
-    gamma: float = 1.0,
-    lam: float = 0.95,
-) -> tuple[Array, Array]:
-  """Generalised advantage estimation (Schulman et al. 2015, arXiv 1506.02438).
-
-    δ_t = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1},   R_t = A_t + V_t
-
-  with r and V zeroed outside the mask, so the value after the last token
-  is 0 (as TRL's PPOTrainer). Whitening of A is left to `whiten`.
-
-  Args:
-    rewards_bt: float[B, T] per-token rewards (`ppo_token_rewards`).
-    values_bt: float[B, T] value predictions V_t.
-    mask_bt: [B, T] completion mask.
-
-  Returns:
-    (advantages_bt, returns_bt), float32[B, T], 0 outside the mask.
-  """
-  _common.check_same_shape(rewards_bt=rewards_bt, values_bt=values_bt,
-                           mask_bt=mask_bt)
-  valid_bt = jnp.asarray(mask_bt) != 0
-  r_bt = jnp.where(valid_bt, _f32(rewards_bt), 0.0)
-  v_bt = jnp.where(valid_bt, _f32(values_bt), 0.0)
-  next_v_bt = jnp.pad(v_bt[:, 1:], ((0, 0), (0, 1)))
-  delta_bt = r_bt + gamma * next_v_bt - v_bt
-
-  def step(next_adv_b, delta_b):
-    adv_b = delta_b + gamma * lam * next_adv_b
-    return adv_b, adv_b
-
-  # Scan over time (leading axis), newest first.
-  _, adv_tb = jax.lax.scan(step, jnp.zeros_like(delta_bt[:, 0]), delta_bt.T,
-                           reverse=True)
-  adv_bt = jnp.where(valid_bt, adv_tb.T, 0.0)
-  returns_bt = jnp.where(valid_bt, adv_bt + v_bt, 0.0)
-  return adv_bt, returns_bt
-
-
-def whiten(x: Array, mask: Array | None = None, shift_mean: bool = True, *,
-           eps: float = 1e-8) -> Array:
-  """Masked whitening, as TRL's masked_whiten.
-
-    (x − mean) / sqrt(var + eps)  (+ mean again when shift_mean=False)
-
-  mean and the unbiased (ddof=1) variance are over positions with mask ≠ 0;
-  positions outside the mask are set to 0.
-  """
-  x = _f32(x)
-  valid = jnp.ones(x.shape, bool) if mask is None else jnp.asarray(mask) != 0
-  mean = _common.masked_mean(x, valid)
-  n = jnp.sum(valid).astype(jnp.float32)
-  sq = _common.masked_sum(jnp.square(x - mean), valid)
-  var = sq / jnp.maximum(n - 1.0, 1.0)
-  out = (x - mean) * jax.lax.rsqrt(var + eps)
-  if not shift_mean:
-    out = out + mean
-  return jnp.where(valid, out, 0.0)
-
-
-def ppo_value_loss(
-    values_bt: Array,
-    old_values_bt: Array,
-    returns_bt: Array,
-    mask_bt: Array,
-    *,
-    clip: float = 0.2,
-) -> tuple[Array, dict[str, Array]]:
-  """Clipped PPO value loss (as in OpenAI's and TRL's PPO).
-
-    L = ½ · Σ m · max((V − R)², (clip(V, V_old − ε, V_old + ε) − R)²) / Σ m
-
-  Returns:
-    (loss, metrics) with loss, clipfrac (share of tokens where the clipped
-    term is larger) and value_mean.
-  """
-  _common.check_same_shape(values_bt=values_bt, old_values_bt=old_values_bt,
-                           returns_bt=returns_bt, mask_bt=mask_bt)
-  v, v_old, ret = _f32(values_bt), _f32(old_values_bt), _f32(returns_bt)
-  v_clipped = jnp.clip(v, v_old - clip, v_old + clip)
-  unclipped = jnp.square(v - ret)
-  clipped = jnp.square(v_clipped - ret)
-  loss = 0.5 * _common.masked_mean(jnp.maximum(unclipped, clipped), mask_bt)
-  metrics = {
-      "loss": loss,
-      "clipfrac": _common.masked_mean(clipped > unclipped, mask_bt),
-      "value_mean": _common.masked_mean(jax.lax.stop_gradient(v), mask_bt),
-  }
-  return loss, metrics
-
-
-def adaptive_kl_coef(coef, kl, *, target: float, horizon: float,
-                     n_steps: int) -> Array:
-  """Adaptive KL controller (Ziegler et al. 2019, arXiv 1909.08593).
-
-    coef ← coef · (1 + clip(KL / target − 1, −0.2, 0.2) · n_steps / horizon)
-  """
-  error = jnp.clip(_f32(kl) / target - 1.0, -0.2, 0.2)
-  return _f32(coef) * (1.0 + error * n_steps / horizon)
