@@ -173,8 +173,7 @@ def run_variant(name: str, args) -> dict[str, Any]:
   del model
   gc.collect()
   bsh = train.batch_sharding(mesh)
-  step = train.jit_step(train.STEPS[algo], state_sh, bsh,
-                        **({"beta": 0.1} if algo == "dpo" else {}))
+  step = train.jit_step(train.OFFLINE[algo].step, state_sh, bsh)
   batch = train.put_batch(make_batch(algo, args.batch, args.seq, cfg.vocab_size, 0), bsh)
   holder = {"state": state}
   del state

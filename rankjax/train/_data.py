@@ -20,21 +20,12 @@ from rankjax.errors import UserInputError
 
 log = logging.getLogger("rankjax.train")
 
-# Record formats each stage accepts (after `unpair` for kto).
-STAGE_FORMATS = {
-    "sft": (data.PROMPT_COMPLETION, data.LM),
-    "rm": (data.PREFERENCE,),
-    "dpo": (data.PREFERENCE,),
-    "kto": (data.UNPAIRED_PREFERENCE,),
-}
-_PAIRED = ("rm", "dpo", "kto")
-
-
-def open_source(cfg: Config, task: tasks_lib.Task, stage: str, split: str):
-  """The row source of `split` ("train" or "eval") for `stage`, or None
-  when there is no eval data."""
-  return task.training_source(split, paired=stage in _PAIRED, seed=cfg.seed,
-                              noise=cfg.data.sft_noise if stage == "sft" else 0.0)
+def open_source(cfg: Config, task: tasks_lib.Task, stage: str, formats, split: str):
+  """The row source of `split` ("train" or "eval") for a stage that trains
+  on `formats`, or None when there is no eval data."""
+  paired = data.PROMPT_COMPLETION not in formats
+  return task.training_source(split, paired=paired, seed=cfg.seed,
+                              noise=0.0 if paired else cfg.data.sft_noise)
 
 
 def pipeline_config(cfg: Config, stage: str, *, train: bool, unpair: bool,
@@ -66,11 +57,12 @@ def _first_format(source) -> str | None:
   return None
 
 
-def build_pipeline(cfg: Config, task: tasks_lib.Task, stage: str, tokenizer,
+def build_pipeline(cfg: Config, task: tasks_lib.Task, stage: str, formats, tokenizer,
                    split: str = "train", *, one_pass: bool = False,
                    records: list[dict] | None = None):
-  """The `rankjax.data.Pipeline` of `stage` for `split` ("train"/"eval";
-  None: no eval data). `one_pass`: see `pipeline_config`.
+  """The `rankjax.data.Pipeline` of `stage` (which trains on `formats`) for
+  `split` ("train"/"eval"; None: no eval data). `one_pass`: see
+  `pipeline_config`.
 
   Raises UserInputError when the data's format does not suit the stage.
   """
@@ -78,10 +70,11 @@ def build_pipeline(cfg: Config, task: tasks_lib.Task, stage: str, tokenizer,
   if records is not None:
     source = data.RecordSource(records, name=f"{stage}:generated") if split == "train" else None
   else:
-    source = open_source(cfg, task, stage, split)
+    source = open_source(cfg, task, stage, formats, split)
   if source is None:
     return None
-  unpair = stage == "kto" and _first_format(source) == data.PREFERENCE
+  unpair = (data.UNPAIRED_PREFERENCE in formats
+            and _first_format(source) == data.PREFERENCE)
   pipe_cfg = pipeline_config(cfg, stage, train=split == "train", unpair=unpair,
                              one_pass=one_pass)
   try:
@@ -91,10 +84,11 @@ def build_pipeline(cfg: Config, task: tasks_lib.Task, stage: str, tokenizer,
       raise
     log.warning("%s: no evaluation batches (%s); skipping evaluation", stage, e)
     return None
-  if pipe.example_format not in STAGE_FORMATS[stage]:
-    hint = (" (kto also reads preference rows, unpaired)" if stage == "kto" else "")
-    raise UserInputError(f"stage {stage!r} trains on {' or '.join(STAGE_FORMATS[stage])} "
-                     f"records{hint}; {source!r} holds {pipe.example_format} records")
+  if pipe.example_format not in formats:
+    hint = (" (or preference rows, unpaired)" if unpair or data.UNPAIRED_PREFERENCE in formats
+            else "")
+    raise UserInputError(f"stage {stage!r} trains on {' or '.join(formats)} "
+                         f"records{hint}; {source!r} holds {pipe.example_format} records")
   return pipe
 
 

@@ -90,18 +90,19 @@ class MetricsWriter:
 class Progress:
   """`sft  120/300  40%  loss 0.412  1.2e+04 tok/s  ETA 0:00:31`."""
 
-  def __init__(self, name: str, total: int, start: int = 0, stream=None):
+  def __init__(self, name: str, total: int, start: int = 0, stream=None,
+               shown: tuple[str, ...] = ()):
     # None: whatever sys.stderr is when a line is printed (it may have been
     # redirected since this module was imported).
-    self.name, self.total, self._stream = name, total, stream
+    self.name, self.total, self._stream, self.shown = name, total, stream, shown
     self._t0, self._s0 = time.perf_counter(), start
 
   def update(self, step: int, tokens_per_s: float, metrics: Mapping[str, float]) -> None:
     done = step - self._s0
     elapsed = time.perf_counter() - self._t0
     eta = elapsed / max(done, 1) * (self.total - step)
-    shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()
-                      if k in ("loss", "rewards/accuracies", "accuracy", "grad_norm"))
+    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in ("loss", *self.shown, "grad_norm")
+                      if k in metrics)
     print(f"{self.name}  {step}/{self.total}  {100 * step / max(self.total, 1):.0f}%  "
           f"{shown}  {tokens_per_s:.3g} tok/s  ETA {_hms(eta)}",
           file=self._stream or sys.stderr, flush=True)
@@ -138,6 +139,8 @@ class LoopConfig:
   eval_every: int = 0
   checkpoint_every: int = 0
   on_nonfinite: str = "skip"
+  # Metrics the progress line shows next to the loss and gradient norm.
+  shown: tuple[str, ...] = ()
 
 
 def _due(step: int, every: int, last: int) -> bool:
@@ -157,7 +160,7 @@ def train_loop(state, step_fn: Callable, batches: Iterator, cfg: LoopConfig, *,
   returns True the loop checkpoints the current step and returns early,
   with `summary["preempted"] = True`.
   """
-  progress = Progress(cfg.name, cfg.steps, start_step)
+  progress = Progress(cfg.name, cfg.steps, start_step, shown=cfg.shown)
   window, summary, totals = [], {}, {"nonfinite_steps": 0.0, "zero_target_batches": 0.0}
   tokens, t_last = 0, time.perf_counter()
   step = saved = start_step

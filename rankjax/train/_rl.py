@@ -132,7 +132,8 @@ def _loop(run, stage, state, step, batches, steps, mesh, optim, updates_per_step
   which takes `updates_per_step` updates per RL step."""
   total = steps * updates_per_step
   return resume_and_train(run, stage, state, step, batches, steps, batch_sharding(mesh),
-                          schedule=lambda i: make_schedule(optim, total)(i * updates_per_step))
+                          schedule=lambda i: make_schedule(optim, total)(i * updates_per_step),
+                          shown=("reward",))
 
 
 def _stage_optim(cfg, learning_rate: float):

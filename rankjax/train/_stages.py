@@ -37,22 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("rankjax.train")
 
 
-def stage_hparams(cfg, stage: str) -> dict:
-  """The step's keyword hyper-parameters from the stage's config section."""
-  if stage == "sft":
-    return {"unlikelihood_alpha": cfg.sft.unlikelihood_alpha}
-  if stage == "rm":
-    return {"center_coef": cfg.rm.center_coef}
-  if stage == "dpo":
-    d = cfg.dpo
-    return {"beta": d.beta, "loss_type": d.loss_type, "loss_weights": d.loss_weights,
-            "label_smoothing": d.label_smoothing, "reference_free": d.reference_free,
-            "sft_weight": d.sft_weight}
-  k = cfg.kto
-  return {"beta": k.beta, "desirable_weight": k.desirable_weight,
-          "undesirable_weight": k.undesirable_weight}
-
-
 def with_lora(model: models.Transformer, cfg, stage: str) -> models.Transformer:
   """A LoRA view of `model` when `cfg.model.lora_rank` > 0 and `stage` is
   one of `lora_stages` (empty: all): new module objects over the same
@@ -86,7 +70,8 @@ def _with_cached_reference(run, model, batch_sh, train_batches, eval_pipe):
     raise NotImplementedError("dpo.precompute_ref is single-process for now")
   cfg, tok = run.cfg, run.tokenizer
   score = _reference.reference_scorer(model, batch_sh)
-  one_pass = _data.build_pipeline(cfg, run.task, "dpo", tok, "train", one_pass=True)
+  one_pass = _data.build_pipeline(cfg, run.task, "dpo", _steps.OFFLINE["dpo"].formats, tok,
+                                  "train", one_pass=True)
   table = _reference.precompute(iter(one_pass), score, cfg.data.batch_size)
   if eval_pipe is not None:
     table.update(_reference.precompute(iter(eval_pipe), score, cfg.data.batch_size))
@@ -96,7 +81,8 @@ def _with_cached_reference(run, model, batch_sh, train_batches, eval_pipe):
 
 
 def resume_and_train(run: Run, name: str, state, step, batches, steps: int,
-                     batch_sh, *, schedule, eval_fn=None, eval_every: int = 0):
+                     batch_sh, *, schedule, eval_fn=None, eval_every: int = 0,
+                     shown: tuple[str, ...] = ()):
   """Restore `name`'s latest checkpoint (state + data position), run the host
   loop to `steps` with metrics, checkpoints and SIGTERM handling, and wait
   for the last save. Shared by every training stage."""
@@ -109,7 +95,7 @@ def resume_and_train(run: Run, name: str, state, step, batches, steps: int,
   writer = MetricsWriter(run.workdir, name)
   loop_cfg = LoopConfig(name=name, steps=steps, log_every=cfg.log_every,
                         eval_every=eval_every, checkpoint_every=cfg.checkpoint.every,
-                        on_nonfinite=cfg.on_nonfinite)
+                        on_nonfinite=cfg.on_nonfinite, shown=shown)
   try:
     state, summary = train_loop(state, step, batches, loop_cfg, batch_shardings=batch_sh,
                                 writer=writer, eval_fn=eval_fn, checkpoints=ckpt,
@@ -123,19 +109,21 @@ def resume_and_train(run: Run, name: str, state, step, batches, steps: int,
 
 def fit(run: Run, stage: str, model: models.Transformer, steps: int, *,
         records: list[dict] | None = None, name: str | None = None):
-  """Trains `model` for `steps` with the stage's step; returns (trained
-  model with LoRA merged, summary)."""
+  """Trains `model` for `steps` with the offline algorithm `stage`
+  (`_steps.OFFLINE`; its hyper-parameters are `cfg.<stage>`); returns
+  (trained model with LoRA merged, summary)."""
   cfg = run.cfg
+  algo, hp = _steps.OFFLINE[stage], getattr(cfg, stage)
   mesh = parallel.make_mesh(cfg.mesh)
   _data.check_divisible(cfg, mesh)
-  hp = stage_hparams(cfg, stage)
   batch_sh = batch_sharding(mesh)
-  batches = iter(_data.build_pipeline(cfg, run.task, stage, run.tokenizer, "train",
-                                      records=records))
-  eval_pipe = _data.build_pipeline(cfg, run.task, stage, run.tokenizer, "eval", records=records)
+  batches = iter(_data.build_pipeline(cfg, run.task, stage, algo.formats, run.tokenizer,
+                                      "train", records=records))
+  eval_pipe = _data.build_pipeline(cfg, run.task, stage, algo.formats, run.tokenizer, "eval",
+                                   records=records)
   eval_batches = (lambda: iter(eval_pipe)) if eval_pipe is not None else None
-  reference = stage == "kto" or (stage == "dpo" and not cfg.dpo.reference_free)
-  if reference and stage == "dpo" and cfg.dpo.precompute_ref:
+  reference = algo.reference(hp)
+  if reference and getattr(hp, "precompute_ref", False):
     batches, eval_batches = _with_cached_reference(run, model, batch_sh, batches, eval_pipe)
     reference = False
 
@@ -143,18 +131,17 @@ def fit(run: Run, stage: str, model: models.Transformer, steps: int, *,
   tx = make_optimizer(cfg.optim, steps)
   state, state_sh = create_train_state(model, tx, mesh, seed=cfg.seed,
                                        with_reference=reference)
-  step = jit_step(_steps.STEPS[stage], state_sh, batch_sh,
-                  accum_steps=cfg.optim.grad_accum_steps, **hp)
+  step = jit_step(algo.step, state_sh, batch_sh, hp=hp, accum_steps=cfg.optim.grad_accum_steps)
   eval_fn = None
   if eval_batches is not None:
-    eval_step = jit_eval(_steps.eval_step, state_sh, batch_sh,
-                         objective=_steps.OBJECTIVES[stage], **hp)
+    eval_step = jit_eval(_steps.eval_step, state_sh, batch_sh, objective=algo.objective, hp=hp)
     eval_fn = lambda s: evaluate_batches(eval_step, s, eval_batches(), batch_sh)
 
   name = name or stage  # e.g. "star_sft_1": its own checkpoints and metrics
   state, summary = resume_and_train(run, name, state, step, batches, steps, batch_sh,
                                     schedule=make_schedule(cfg.optim, steps),
-                                    eval_fn=eval_fn, eval_every=cfg.eval_every)
+                                    eval_fn=eval_fn, eval_every=cfg.eval_every,
+                                    shown=algo.metrics)
   summary.update(data=batches.stats.as_dict(), lora_rank=int(state.lora) * cfg.model.lora_rank,
                  trainable_params=sum(x.size for x in jax.tree.leaves(state.params)))
   return models.merge_lora(state.model()), summary

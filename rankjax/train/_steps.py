@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rankjax import losses, sampling
+from rankjax import data, losses
+from rankjax.config import DPOCfg, KTOCfg, RMCfg, SFTCfg
 from rankjax.train._optim import global_norm
 from rankjax.train._state import TrainState
 
@@ -168,10 +169,10 @@ def update(state: TrainState, batch: Batch, loss_fn: LossFn, accum_steps: int = 
   return apply_grads(state, loss, metrics, grads)
 
 
-def eval_step(state: TrainState, batch: Batch, *, objective, **hp):
+def eval_step(state: TrainState, batch: Batch, *, objective, hp=None):
   """Metrics of an objective's loss on a batch, no update (jit it with the
   step's shardings and no donation)."""
-  loss, metrics = objective(state, batch, **hp)(state.model(), batch)
+  loss, metrics = objective(state, batch, hp)(state.model(), batch)
   return dict(metrics, loss=loss)
 
 
@@ -193,15 +194,17 @@ def sft_loss_fn(model, batch: Batch, *, unlikelihood_alpha: float = 0.0):
   return loss, {**metrics, **target_metrics(batch["loss_mask"])}
 
 
-def sft_objective(state: TrainState, batch: Batch, *, accum_steps: int = 1,
-                  unlikelihood_alpha: float = 0.0) -> LossFn:
+def sft_objective(state: TrainState, batch: Batch, hp: SFTCfg | None = None, *,
+                  accum_steps: int = 1) -> LossFn:
+  hp = hp or SFTCfg()
   check_batch(batch, accum_steps=accum_steps)
-  return functools.partial(sft_loss_fn, unlikelihood_alpha=unlikelihood_alpha)
+  return functools.partial(sft_loss_fn, unlikelihood_alpha=hp.unlikelihood_alpha)
 
 
-def sft_step(state: TrainState, batch: Batch, *, accum_steps: int = 1, **hp):
-  loss_fn = sft_objective(state, batch, accum_steps=accum_steps, **hp)
-  return update(state, batch, loss_fn, accum_steps)
+def sft_step(state: TrainState, batch: Batch, *, hp: SFTCfg | None = None,
+             accum_steps: int = 1):
+  return update(state, batch, sft_objective(state, batch, hp, accum_steps=accum_steps),
+                accum_steps)
 
 
 # ---------------------------------------------------------------------------
@@ -229,15 +232,16 @@ def rm_loss_fn(model, batch: Batch, *, center_coef: float = 0.0):
   return loss, {**metrics, **target_metrics(pair["loss_mask"])}
 
 
-def rm_objective(state: TrainState, batch: Batch, *, accum_steps: int = 1,
-                 center_coef: float = 0.0) -> LossFn:
+def rm_objective(state: TrainState, batch: Batch, hp: RMCfg | None = None, *,
+                 accum_steps: int = 1) -> LossFn:
+  hp = hp or RMCfg()
   check_batch(batch, ("chosen_", "rejected_"), accum_steps=accum_steps)
-  return functools.partial(rm_loss_fn, center_coef=center_coef)
+  return functools.partial(rm_loss_fn, center_coef=hp.center_coef)
 
 
-def rm_step(state: TrainState, batch: Batch, *, accum_steps: int = 1, **hp):
-  loss_fn = rm_objective(state, batch, accum_steps=accum_steps, **hp)
-  return update(state, batch, loss_fn, accum_steps)
+def rm_step(state: TrainState, batch: Batch, *, hp: RMCfg | None = None, accum_steps: int = 1):
+  return update(state, batch, rm_objective(state, batch, hp, accum_steps=accum_steps),
+                accum_steps)
 
 
 # ---------------------------------------------------------------------------
@@ -267,19 +271,24 @@ def dpo_loss_fn(model, batch: Batch, *, ref_model=None, beta: float = 0.1,
   return loss, {**metrics, **target_metrics(pair["loss_mask"])}
 
 
-def dpo_objective(state: TrainState, batch: Batch, *, accum_steps: int = 1,
-                  **hp) -> LossFn:
+def dpo_objective(state: TrainState, batch: Batch, hp: DPOCfg | None = None, *,
+                  accum_steps: int = 1) -> LossFn:
   """The DPO loss with its reference: cached log-probs in the batch when
   present, none when reference-free, else the frozen reference model."""
+  hp = hp or DPOCfg()
   check_batch(batch, ("chosen_", "rejected_"), accum_steps=accum_steps)
   cached = "ref_chosen_logps" in batch and "ref_rejected_logps" in batch
-  ref = None if cached or hp.get("reference_free") else state.ref_model()
-  return functools.partial(dpo_loss_fn, ref_model=ref, **hp)
+  ref = None if cached or hp.reference_free else state.ref_model()
+  return functools.partial(
+      dpo_loss_fn, ref_model=ref, beta=hp.beta, loss_type=hp.loss_type,
+      loss_weights=hp.loss_weights, label_smoothing=hp.label_smoothing,
+      reference_free=hp.reference_free, sft_weight=hp.sft_weight)
 
 
-def dpo_step(state: TrainState, batch: Batch, *, accum_steps: int = 1, **hp):
-  loss_fn = dpo_objective(state, batch, accum_steps=accum_steps, **hp)
-  return update(state, batch, loss_fn, accum_steps)
+def dpo_step(state: TrainState, batch: Batch, *, hp: DPOCfg | None = None,
+             accum_steps: int = 1):
+  return update(state, batch, dpo_objective(state, batch, hp, accum_steps=accum_steps),
+                accum_steps)
 
 
 # ---------------------------------------------------------------------------
@@ -330,20 +339,55 @@ def kto_loss_fn(model, batch: Batch, *, ref_model=None, beta: float = 0.1,
   return loss, {**metrics, **target_metrics(batch["loss_mask"])}
 
 
-def kto_objective(state: TrainState, batch: Batch, *, accum_steps: int = 1,
-                  **hp) -> LossFn:
+def kto_objective(state: TrainState, batch: Batch, hp: KTOCfg | None = None, *,
+                  accum_steps: int = 1) -> LossFn:
+  hp = hp or KTOCfg()
   check_batch(batch, per_row=("label",), accum_steps=accum_steps)
   cached = "ref_logps" in batch and "ref_kl_logps" in batch
   return functools.partial(kto_loss_fn, ref_model=None if cached else state.ref_model(),
-                           **hp)
+                           beta=hp.beta, desirable_weight=hp.desirable_weight,
+                           undesirable_weight=hp.undesirable_weight)
 
 
-def kto_step(state: TrainState, batch: Batch, *, accum_steps: int = 1, **hp):
-  loss_fn = kto_objective(state, batch, accum_steps=accum_steps, **hp)
-  return update(state, batch, loss_fn, accum_steps)
+def kto_step(state: TrainState, batch: Batch, *, hp: KTOCfg | None = None,
+             accum_steps: int = 1):
+  return update(state, batch, kto_objective(state, batch, hp, accum_steps=accum_steps),
+                accum_steps)
 
 
-# By stage name: the step, and the objective its evaluation reuses.
-STEPS = {"sft": sft_step, "rm": rm_step, "dpo": dpo_step, "kto": kto_step}
-OBJECTIVES = {"sft": sft_objective, "rm": rm_objective, "dpo": dpo_objective,
-              "kto": kto_objective}
+# ---------------------------------------------------------------------------
+# The registry: one record per offline algorithm.
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Offline:
+  """Everything `fit` needs to train an offline algorithm. Its
+  hyper-parameters are its config section (`cfg.<name>`, typed), passed to
+  the step and objective as `hp`.
+
+  step:       `(state, batch, *, hp, accum_steps) -> (state, metrics)`
+  objective:  `(state, batch, hp, *, accum_steps) -> loss_fn` (evaluation)
+  formats:    the record formats it trains on (`rankjax.data`)
+  reference:  `hp -> bool`: whether it needs the frozen reference model
+  metrics:    its headline metrics (the progress line shows them with the
+              loss and gradient norm; metrics.jsonl has all of them)
+  """
+  step: Callable
+  objective: Callable
+  formats: tuple[str, ...]
+  reference: Callable[[Any], bool] = lambda hp: False
+  metrics: tuple[str, ...] = ()
+
+
+OFFLINE = {
+    "sft": Offline(sft_step, sft_objective, (data.PROMPT_COMPLETION, data.LM),
+                   metrics=("token_accuracy",)),
+    "rm": Offline(rm_step, rm_objective, (data.PREFERENCE,),
+                  metrics=("accuracy", "margin")),
+    "dpo": Offline(dpo_step, dpo_objective, (data.PREFERENCE,),
+                   reference=lambda hp: not hp.reference_free,
+                   metrics=("rewards/accuracies", "rewards/margins")),
+    "kto": Offline(kto_step, kto_objective, (data.UNPAIRED_PREFERENCE,),
+                   reference=lambda hp: True, metrics=("kl", "rewards/chosen")),
+}

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from rankjax import parallel, testing, train  # noqa: E402
-from rankjax.config import OptimCfg  # noqa: E402
+from rankjax.config import DPOCfg, OptimCfg  # noqa: E402
 from rankjax.train import _grpo  # noqa: E402
 from train_helpers import host, lm_batch, pref_batch  # noqa: E402
 
@@ -80,7 +80,8 @@ def main():
   sharded = parallel.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   cases = {
       "sft": (train.sft_step, lm_batch(b=8, seed=3), dict(with_reference=False, accum_steps=2)),
-      "dpo": (train.dpo_step, pref_batch(b=8, seed=4), dict(with_reference=True, beta=0.1)),
+      "dpo": (train.dpo_step, pref_batch(b=8, seed=4),
+              dict(with_reference=True, hp=DPOCfg(beta=0.1))),
   }
   out = {}
   for name, (fn, batch, kw) in cases.items():

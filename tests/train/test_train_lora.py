@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from rankjax import models, testing, train
+from rankjax.config import DPOCfg
 from train_helpers import host, lm_batch, make_state, pref_batch, tiny_model
 
 TOKENS = jnp.asarray(lm_batch()["tokens"])
@@ -81,7 +82,7 @@ def test_only_adapters_change_and_export_matches(tmp_path):
 
 def test_lora_dpo_starts_at_reference_and_learns():
   state, sh, bsh = make_state(_lora(tiny_model()), with_reference=True, lr=1e-2)
-  step = train.jit_step(train.dpo_step, sh, bsh, beta=0.5)
+  step = train.jit_step(train.dpo_step, sh, bsh, hp=DPOCfg(beta=0.5))
   losses = []
   for _ in range(10):
     state, metrics = step(state, train.put_batch(pref_batch(), bsh))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rankjax import train
+from rankjax.config import DPOCfg, KTOCfg
 from train_helpers import host, kto_batch, lm_batch, make_state, pref_batch, tiny_model
 
 
@@ -52,16 +53,16 @@ def test_rm_separable_accuracy():
 
 def test_dpo_separable_accuracy():
   setup = make_state(tiny_model(), with_reference=True, lr=3e-3)
-  state, hist = _run(train.dpo_step, setup, pref_batch(), 30, beta=0.5)
+  state, hist = _run(train.dpo_step, setup, pref_batch(), 30, hp=DPOCfg(beta=0.5))
   assert hist[-1]["loss"] < hist[0]["loss"]
   assert abs(hist[0]["loss"] - np.log(2)) < 1e-5  # policy == reference at step 0
-  metrics = _eval(train.dpo_objective, state, pref_batch(seed=1), setup[2], beta=0.5)
+  metrics = _eval(train.dpo_objective, state, pref_batch(seed=1), setup[2], hp=DPOCfg(beta=0.5))
   assert metrics["rewards/accuracies"] > 0.9, metrics
 
 
 def test_kto_lowers_loss():
   setup = make_state(tiny_model(), with_reference=True, lr=3e-3)
-  state, hist = _run(train.kto_step, setup, kto_batch(), 20, beta=0.5)
+  state, hist = _run(train.kto_step, setup, kto_batch(), 20, hp=KTOCfg(beta=0.5))
   assert hist[-1]["loss"] < hist[0]["loss"] - 0.05, (hist[0]["loss"], hist[-1]["loss"])
   assert hist[-1]["rewards/chosen"] > hist[-1]["rewards/rejected"]
   assert _all_finite(state.params)
@@ -95,12 +96,12 @@ def test_cached_reference_logps_are_used():
   ref = jax.jit(lambda s, b: train.sequence_logps(s.ref_model(), train.concat_pair(b))[0])(
       state, train.put_batch(batch, bsh))
   ref_c, ref_r = np.split(host(ref), 2)
-  step = train.jit_step(train.dpo_step, sh, bsh, beta=0.1)
+  step = train.jit_step(train.dpo_step, sh, bsh, hp=DPOCfg(beta=0.1))
   in_step, m1 = step(state, train.put_batch(batch, bsh))
   # A state without a reference copy, fed the cached values.
   state2, sh2, _ = make_state(tiny_model(), with_reference=False)
   cached = dict(batch, ref_chosen_logps=ref_c + 0.5, ref_rejected_logps=ref_r)
-  step2 = train.jit_step(train.dpo_step, sh2, bsh, beta=0.1)
+  step2 = train.jit_step(train.dpo_step, sh2, bsh, hp=DPOCfg(beta=0.1))
   _, m2 = step2(state2, train.put_batch(cached, bsh))
   m1, m2 = host(m1), host(m2)
   # Shifting the cached chosen reference by 0.5 shifts the margin by -beta/2.
