@@ -8,22 +8,41 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rankjax.data import tasks
+from rankjax.errors import UserInputError
 from rankjax.models import default_positions
 from rankjax.rewards._core import Reward, RewardInputs
+from rankjax.rewards._host import host_reward
+
+
+def verifier_reward(task, tokenizer, records=(), *, weight: float = 1.0) -> Reward:
+  """"correct": the task's verifier as a reward. In-graph when the task has
+  a traceable verifier (it reads the batch extras `answer_ids` /
+  `answer_mask`), else the host verifier through `pure_callback` over
+  `records` (the rows the batch's `example_index` points into)."""
+  graph = task.graph_verifier(tokenizer)
+  if graph is not None:
+    return Reward("correct", lambda x, _: graph(x.completion_tokens, x.completion_mask,
+                                                x.extras["answer_ids"], x.extras["answer_mask"]),
+                  weight)
+  if not task.has_verifier:
+    raise UserInputError(f"reward 'correct': task {task.name!r} has no verifier; use a "
+                         "reward function (path/to/file.py:function)")
+  rows = list(records)
+
+  def verify(prompts, completions, row):
+    return [task.verify(c, r) for c, r in zip(completions, row)]
+  return host_reward(verify, tokenizer, columns={"row": rows}, name="correct", weight=weight)
 
 
 def arithmetic_correct(tokenizer, *, cot: bool = False, weight: float = 1.0) -> Reward:
-  """1 if the completion's final answer equals the reference, else 0.
+  """1 if the completion's final answer equals the reference, else 0, in-graph
+  on the character tokenizer (`verifier_reward` of the arithmetic task).
 
   Needs extras `answer_ids` / `answer_mask` (see `tasks.encode_answers`).
   Agrees exactly with the Python `tasks.verify` on decoded text.
   """
-  ids = tasks.verifier_token_ids(tokenizer)
-
-  def fn(x: RewardInputs, _):
-    return tasks.verify_tokens(x.completion_tokens, x.completion_mask, x.extras["answer_ids"],
-                               x.extras["answer_mask"], cot=cot, token_ids=ids)
-  return Reward("correct", fn, weight)
+  return verifier_reward(tasks.Arithmetic(tasks.ArithmeticTask(cot=cot)), tokenizer,
+                         weight=weight)
 
 
 def contains_reward(sequence: Sequence[int], *, name: str = "format",

@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 
 from rankjax.data import tasks as tasks_lib
 from rankjax.errors import UserInputError
-from rankjax.rewards._builtin import contains_reward, eos_reward, reward_model_score
+from rankjax.rewards._builtin import (contains_reward, eos_reward, reward_model_score,
+                                      verifier_reward)
 from rankjax.rewards._core import Reward
 from rankjax.rewards._host import call_reward, host_reward
 
@@ -76,7 +77,7 @@ def from_names(names: Sequence[str], weights: Sequence[float] = (), *, task: tas
                              weight=w, prompts=[r["prompt"] for r in records],
                              chat=is_chat(records)))
     elif name == "correct":
-      out.append(_correct(task, tokenizer, records, w))
+      out.append(verifier_reward(task, tokenizer, records, weight=w))
     elif name == "format":
       if task.format_marker is None:
         raise UserInputError(f"reward 'format': task {task.name!r} has no format marker")
@@ -92,22 +93,6 @@ def from_names(names: Sequence[str], weights: Sequence[float] = (), *, task: tas
       raise UserInputError(f"unknown reward {name!r}: one of {', '.join(BUILTIN)}, or "
                            "path/to/file.py:function")
   return out
-
-
-def _correct(task, tokenizer, records, weight: float) -> Reward:
-  graph = task.graph_verifier(tokenizer)
-  if graph is not None:
-    return Reward("correct", lambda x, _: graph(x.completion_tokens, x.completion_mask,
-                                                x.extras["answer_ids"], x.extras["answer_mask"]),
-                  weight)
-  if not task.has_verifier:
-    raise UserInputError(f"reward 'correct': task {task.name!r} has no verifier; use a "
-                         "reward function (path/to/file.py:function)")
-  rows = list(records)
-
-  def verify(prompts, completions, row):
-    return [task.verify(c, r) for c, r in zip(completions, row)]
-  return host_reward(verify, tokenizer, columns={"row": rows}, name="correct", weight=weight)
 
 
 def verifier(task: tasks_lib.Task, names: Sequence[str], *,
