@@ -43,8 +43,9 @@ class ModelCfg:
   lora_rank: int = 0
   lora_alpha: float = 16.0
   lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
-  # Training stages that use LoRA when lora_rank > 0 (empty = all of them),
-  # e.g. ("dpo",) to fine-tune fully in SFT and with adapters in DPO.
+  # Training stages that use LoRA when lora_rank > 0 (empty = all of them:
+  # sft, rm, dpo, kto, grpo, ppo), e.g. ("dpo",) to fine-tune fully in SFT
+  # and with adapters in DPO.
   lora_stages: tuple[str, ...] = ()
 
 
@@ -59,7 +60,9 @@ class TokenizerCfg:
 @dataclasses.dataclass(frozen=True)
 class DataCfg:
   """Where examples come from and how they become batches."""
-  source: Literal["arithmetic", "gsm8k", "jsonl", "parquet", "tfds"] = "arithmetic"
+  # A built-in task (a module of rankjax.data.tasks: arithmetic, gsm8k) or
+  # files: jsonl, parquet, tfds.
+  source: str = "arithmetic"
   path: str = ""              # file path or glob (jsonl/parquet/gsm8k); TFDS data_dir
   tfds_name: str = ""
   eval_path: str = ""
@@ -305,6 +308,9 @@ def validate(cfg: Config) -> Config:
          "ppo.num_minibatches", "must divide num_prompts")
   _check(not cfg.grpo.reward_weights or len(cfg.grpo.reward_weights) == len(cfg.grpo.rewards),
          "grpo.reward_weights", "must have one weight per reward")
+  from rankjax.data.tasks import source_names
+  _check(cfg.data.source in source_names(), "data.source",
+         f"expected one of {', '.join(map(repr, source_names()))}, got {cfg.data.source!r}")
   from rankjax.losses import DPO_LOSS_TYPES
   unknown = [t for t in cfg.dpo.loss_type if t not in DPO_LOSS_TYPES]
   _check(not unknown, "dpo.loss_type",
@@ -313,8 +319,6 @@ def validate(cfg: Config) -> Config:
          "dpo.loss_weights", "must have one weight per loss type")
   _check(cfg.data.max_prompt_length <= cfg.data.max_length, "data.max_prompt_length",
          "must be <= data.max_length")
-  _check(bool(cfg.task) or cfg.data.source == "arithmetic" or cfg.data.path
-         or cfg.data.tfds_name, "data.path", f"data.source={cfg.data.source!r} needs a path")
   _check(cfg.model.lora_rank == 0 or cfg.model.lora_alpha > 0, "model.lora_alpha", "must be > 0")
   _check(0.0 <= cfg.data.sft_noise < 1.0, "data.sft_noise", "must be in [0, 1)")
   return cfg

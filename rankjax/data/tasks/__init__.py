@@ -3,8 +3,8 @@
 Built-ins: arithmetic, generated in-process (the default demo's data, no
 downloads), and GSM8K, read from a local JSONL file. A user's JSONL/Parquet
 with TRL columns is a `FileTask`; a Python file can return any `Task`
-(`from_config` reads `cfg.task` / `cfg.data`). Adding a built-in task is one
-module here plus its branch in `from_config`.
+(`from_config` reads `cfg.task` / `cfg.data`). A built-in task is a module
+here with `make(cfg) -> Task`; `data.source` names it.
 """
 
 from rankjax.data.tasks.arithmetic import ANSWER_MARKER
@@ -24,12 +24,15 @@ from rankjax.data.tasks.gsm8k import extract_gsm8k_answer
 from rankjax.data.tasks.gsm8k import GSM8KFormatError
 from rankjax.data.tasks.gsm8k import read_gsm8k
 from rankjax.data.tasks.gsm8k import verify_numeric
-from rankjax.data.tasks._task import Arithmetic
+from rankjax.data.tasks.arithmetic import Arithmetic
 from rankjax.data.tasks._task import corrupt_completion
 from rankjax.data.tasks._task import encode_prompt
 from rankjax.data.tasks._task import FileTask
 from rankjax.data.tasks._task import from_config
-from rankjax.data.tasks._task import GSM8K
+from rankjax.data.tasks._task import builtin_names
+from rankjax.data.tasks._task import NumericTask
+from rankjax.data.tasks._task import source_names
+from rankjax.data.tasks.gsm8k import GSM8K
 from rankjax.data.tasks._task import load_callable
 from rankjax.data.tasks._task import noisy_demonstrations
 from rankjax.data.tasks._task import preference_records

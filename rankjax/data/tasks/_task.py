@@ -16,19 +16,22 @@ A `Task` gives
   format_marker         the text a well-formed completion contains ("format"
                         reward), or None
 
-Built-ins: `Arithmetic` (generated in-process) and `GSM8K` (a local
-GSM8K-format JSONL). `FileTask` is a user's JSONL/Parquet (or TFDS) with
-TRL columns. `from_config` picks one from the run's config; a Python task
-comes from `task="path/to/file.py:make_task"` (`make_task()` returns a Task).
-This module is the only place that reads `data.source`.
+Built-ins are the modules of this package with `make(cfg) -> Task`
+(`arithmetic`: generated in-process; `gsm8k`: a local GSM8K-format JSONL);
+`data.source` names one. `FileTask` is a user's JSONL/Parquet (or TFDS)
+with TRL columns. `from_config` picks the run's task; a Python task comes
+from `task="path/to/file.py:make_task"` (`make_task()` returns a Task). This
+module is the only place that reads `data.source`.
 """
 
 from __future__ import annotations
 
 import decimal
 import functools
+import importlib
 import importlib.util
 import logging
+import pkgutil
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -37,7 +40,6 @@ import numpy as np
 
 from rankjax.data import _sources
 from rankjax.data._formats import DataError
-from rankjax.data.tasks import arithmetic, gsm8k
 from rankjax.errors import UserInputError
 
 log = logging.getLogger("rankjax.tasks")
@@ -165,7 +167,7 @@ def noisy_demonstrations(rows: list[dict], records: list[dict], fraction: float,
   return out
 
 
-class _NumericTask(Task):
+class NumericTask(Task):
   """Problems with demonstrations and a numeric reference `answer`: the
   preference stages pair each demonstration with a wrong-answer copy, and
   SFT may read a seeded share of them wrong (`noise`)."""
@@ -188,64 +190,6 @@ class _NumericTask(Task):
   @property
   def has_verifier(self) -> bool:
     return True
-
-
-class Arithmetic(_NumericTask):
-  """The built-in arithmetic task (`arithmetic.ArithmeticTask` generates it;
-  its "test" split is this task's "eval")."""
-
-  name = "arithmetic"
-  format_marker = arithmetic.ANSWER_MARKER
-
-  def __init__(self, spec: arithmetic.ArithmeticTask = arithmetic.ArithmeticTask(), *,
-               num_train: int = 20000, num_eval: int = 200):
-    self.spec, self.sizes = spec, {"train": num_train, "eval": num_eval}
-    self.answer_marker = arithmetic.ANSWER_MARKER if spec.cot else None
-
-  @functools.cache
-  def records(self, split: str) -> list[dict]:
-    _check_split(split)
-    return arithmetic.generate(self.spec, "train" if split == "train" else "test",
-                               self.sizes[split])
-
-  def verify(self, text: str, record: dict) -> float:
-    return arithmetic.verify(text, record["answer"], cot=self.spec.cot)
-
-  def extract_answer(self, text: str) -> Any:
-    return arithmetic.extract_answer(text, cot=self.spec.cot)
-
-  def graph_verifier(self, tokenizer) -> Callable | None:
-    if not hasattr(tokenizer, "char_id"):  # the in-graph rule reads character ids
-      return None
-    ids, cot = arithmetic.verifier_token_ids(tokenizer), self.spec.cot
-    return functools.partial(arithmetic.verify_tokens, cot=cot, token_ids=ids)
-
-
-class GSM8K(_NumericTask):
-  """Grade-school math from local GSM8K-format files (`gsm8k.read_gsm8k`):
-  the numeric verifier, "####" before the final answer. `chat`: render the
-  questions as a user turn (instruct checkpoints)."""
-
-  name = "gsm8k"
-  format_marker = answer_marker = gsm8k.FINAL_MARKER
-
-  def __init__(self, path: str, eval_path: str = "", *, num_train: int = 20000,
-               num_eval: int = 200, chat: bool = False):
-    self.paths = {"train": path, "eval": eval_path}
-    self.sizes = {"train": num_train, "eval": num_eval}
-    self.chat = chat
-
-  @functools.cache
-  def records(self, split: str) -> list[dict]:
-    _check_split(split)
-    path = self.paths[split]
-    return gsm8k.read_gsm8k(path)[:self.sizes[split]] if path else []
-
-  def verify(self, text: str, record: dict) -> float:
-    return gsm8k.verify_numeric(text, record["answer"])
-
-  def extract_answer(self, text: str) -> Any:
-    return gsm8k.extract_gsm8k_answer(text)
 
 
 # -- a user's data --------------------------------------------------------------
@@ -288,7 +232,7 @@ class FileTask(Task):
 
   @functools.cache
   def records(self, split: str) -> list[dict]:
-    _check_split(split)
+    check_split(split)
     source = self._source(split)
     if source is None:
       return []
@@ -312,7 +256,7 @@ class FileTask(Task):
     return self._extract(text) if self._extract else super().extract_answer(text)
 
 
-def _check_split(split: str) -> None:
+def check_split(split: str) -> None:
   if split not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
@@ -348,8 +292,32 @@ def load_callable(spec: str, what: str) -> Callable:
   return fn
 
 
+# Sources read as files; every other `data.source` is a built-in task: a
+# module of this package with `make(cfg) -> Task`.
+FILE_SOURCES = ("jsonl", "parquet", "tfds")
+
+
+def builtin_names() -> tuple[str, ...]:
+  """The built-in tasks: this package's public modules that define `make`.
+  Adding one is adding a module here (its test beside it)."""
+  package = Path(__file__).parent
+  names = []
+  for info in pkgutil.iter_modules([str(package)]):
+    if not info.name.startswith("_"):
+      module = importlib.import_module(f"{__package__}.{info.name}")
+      if callable(getattr(module, "make", None)):
+        names.append(info.name)
+  return tuple(sorted(names))
+
+
+def source_names() -> tuple[str, ...]:
+  """Every valid `data.source`."""
+  return builtin_names() + FILE_SOURCES
+
+
 def from_config(cfg) -> Task:
-  """The run's task: `cfg.task` ("file.py:make_task") or `cfg.data`'s source."""
+  """The run's task: `cfg.task` ("file.py:make_task"), a built-in named by
+  `cfg.data.source`, or the user's files."""
   if cfg.task:
     task = load_callable(cfg.task, "task")()
     if not isinstance(task, Task):
@@ -357,12 +325,12 @@ def from_config(cfg) -> Task:
                            "not a rankjax Task")
     return task
   d = cfg.data
-  if d.source == "arithmetic":
-    spec = arithmetic.ArithmeticTask(ops=d.ops, min_digits=d.min_digits,
-                                     max_digits=d.max_digits, cot=d.cot, seed=cfg.seed)
-    return Arithmetic(spec, num_train=d.num_train, num_eval=d.num_eval)
-  # Checkpoint tokenizers (instruct models) get text prompts as a user turn.
-  chat = bool(cfg.model.path or cfg.tokenizer.path)
-  if d.source == "gsm8k":
-    return GSM8K(d.path, d.eval_path, num_train=d.num_train, num_eval=d.num_eval, chat=chat)
-  return FileTask(d.path, d.eval_path, tfds_name=d.tfds_name if d.source == "tfds" else "")
+  if d.source in FILE_SOURCES:
+    tfds_name = d.tfds_name if d.source == "tfds" else ""
+    if not (d.path or tfds_name):
+      raise UserInputError(f"config key 'data.path': data.source={d.source!r} needs a path")
+    return FileTask(d.path, d.eval_path, tfds_name=tfds_name)
+  if d.source not in builtin_names():
+    raise UserInputError(f"config key 'data.source': unknown {d.source!r}; expected one of "
+                         f"{', '.join(source_names())}")
+  return importlib.import_module(f"{__package__}.{d.source}").make(cfg)

@@ -32,11 +32,13 @@ import functools
 import hashlib
 import operator
 import re
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from rankjax.data.tasks._task import NumericTask, check_split
 
 ANSWER_MARKER = "answer:"
 
@@ -335,3 +337,50 @@ def verify_tokens(completion_ids_bt: jax.Array, completion_mask_bt: jax.Array,
   one = functools.partial(_verify_one, cot=cot, token_ids=token_ids)
   return jax.vmap(one)(completion_ids_bt, completion_mask_bt, answer_ids_ba,
                        answer_mask_ba)
+
+
+# ---------------------------------------------------------------------------
+# The task.
+# ---------------------------------------------------------------------------
+
+
+class Arithmetic(NumericTask):
+  """The built-in arithmetic task as a `Task` (`ArithmeticTask` configures
+  the generator; its "test" split is this task's "eval")."""
+
+  name = "arithmetic"
+  format_marker = ANSWER_MARKER
+
+  def __init__(self, spec: ArithmeticTask | None = None, *,
+               num_train: int = 20000, num_eval: int = 200):
+    spec = spec or ArithmeticTask()
+    self.spec, self.sizes = spec, {"train": num_train, "eval": num_eval}
+    self.answer_marker = ANSWER_MARKER if spec.cot else None
+
+  @functools.cache
+  def records(self, split: str) -> list[dict]:
+    check_split(split)
+    return generate(self.spec, "train" if split == "train" else "test",
+                               self.sizes[split])
+
+  def verify(self, text: str, record: dict) -> float:
+    return verify(text, record["answer"], cot=self.spec.cot)
+
+  def extract_answer(self, text: str) -> Any:
+    return extract_answer(text, cot=self.spec.cot)
+
+  def graph_verifier(self, tokenizer) -> Callable | None:
+    if not hasattr(tokenizer, "char_id"):  # the in-graph rule reads character ids
+      return None
+    ids, cot = verifier_token_ids(tokenizer), self.spec.cot
+    return functools.partial(verify_tokens, cot=cot, token_ids=ids)
+
+
+
+
+def make(cfg) -> Arithmetic:
+  """`data.source="arithmetic"`: the task `cfg.data` describes."""
+  d = cfg.data
+  spec = ArithmeticTask(ops=d.ops, min_digits=d.min_digits, max_digits=d.max_digits,
+                        cot=d.cot, seed=cfg.seed)
+  return Arithmetic(spec, num_train=d.num_train, num_eval=d.num_eval)

@@ -9,11 +9,13 @@ Records are `{"prompt": question, "completion": the worked solution as given,
 from __future__ import annotations
 
 import decimal
+import functools
 import json
 import os
 import re
 from typing import Any
 
+from rankjax.data.tasks._task import NumericTask, check_split
 from rankjax.errors import UserInputError
 
 FINAL_MARKER = "####"
@@ -113,3 +115,42 @@ def read_gsm8k(path: str | os.PathLike[str]) -> list[dict[str, str]]:
       if line.strip():
         records.append(_parse_row(line, f"{os.fspath(path)}:{line_number}"))
   return records
+
+
+class GSM8K(NumericTask):
+  """Grade-school math from local GSM8K-format files (`read_gsm8k`):
+  the numeric verifier, "####" before the final answer. `chat`: render the
+  questions as a user turn (instruct checkpoints)."""
+
+  name = "gsm8k"
+  format_marker = answer_marker = FINAL_MARKER
+
+  def __init__(self, path: str, eval_path: str = "", *, num_train: int = 20000,
+               num_eval: int = 200, chat: bool = False):
+    self.paths = {"train": path, "eval": eval_path}
+    self.sizes = {"train": num_train, "eval": num_eval}
+    self.chat = chat
+
+  @functools.cache
+  def records(self, split: str) -> list[dict]:
+    check_split(split)
+    path = self.paths[split]
+    return read_gsm8k(path)[:self.sizes[split]] if path else []
+
+  def verify(self, text: str, record: dict) -> float:
+    return verify_numeric(text, record["answer"])
+
+  def extract_answer(self, text: str) -> Any:
+    return extract_gsm8k_answer(text)
+
+
+
+
+def make(cfg) -> GSM8K:
+  """`data.source="gsm8k"`: `data.path` / `data.eval_path`; a checkpoint's
+  tokenizer (instruct models) gets the questions as a user turn."""
+  d = cfg.data
+  if not d.path:
+    raise UserInputError("config key 'data.path': data.source='gsm8k' needs a path")
+  return GSM8K(d.path, d.eval_path, num_train=d.num_train, num_eval=d.num_eval,
+               chat=bool(cfg.model.path or cfg.tokenizer.path))
