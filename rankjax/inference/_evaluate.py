@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from rankjax import rewards as rewards_lib, sampling
+from rankjax import parallel, rewards as rewards_lib, sampling
 from rankjax.data import tasks
 from rankjax.inference import _metrics as M
 from rankjax.inference._rerank import decode_completions, group, group_list, loglik_scores
@@ -60,11 +60,15 @@ def _sampling_config(tokenizer, *, k, temperature, max_new_tokens, top_k, top_p,
 
 
 def _sample(model, prompts, cfg, rng, batch_size):
-  """Generate in chunks of `batch_size` prompts: (outputs, chunk prompts)."""
+  """Generate in chunks of `batch_size` prompts: (outputs, chunk prompts).
+  Each chunk is waited for before the next is dispatched: the chunks are
+  independent programs, and on a mesh two in flight can deadlock
+  (`parallel.settled`)."""
   outs = []
   for c, start in enumerate(range(0, len(prompts), batch_size)):
     chunk = prompts[start:start + batch_size]
-    outs.append((sampling.generate(model, chunk, cfg, rng=jax.random.fold_in(rng, c)), chunk))
+    out = sampling.generate(model, chunk, cfg, rng=jax.random.fold_in(rng, c))
+    outs.append((parallel.settled(out), chunk))
   return outs
 
 
