@@ -109,6 +109,17 @@ STAGES: dict[str, Callable[[Run], None]] = _stage_table()
 assert tuple(STAGES) == config_lib.STAGES, "rankjax.config.STAGES lists the same stages"
 
 
+def check_rewards(cfg: Config, task) -> None:
+  """The reward lists the pipeline will call (PPO's; GRPO's, which eval,
+  rerank and self-improvement also verify with), checked on the task's
+  records before the first stage."""
+  from rankjax import rewards
+  if "ppo" in cfg.pipeline:
+    rewards.check_functions(cfg.ppo.rewards, task)
+  if set(cfg.pipeline) & {"grpo", "eval", "rerank", "star", "iterative_dpo"}:
+    rewards.check_functions(cfg.grpo.rewards, task)
+
+
 def execute(cfg: Config, workdir: str | Path) -> Run:
   # Library callers (notebooks) get the same checks as the command line,
   # before anything is built or compiled.
@@ -119,6 +130,7 @@ def execute(cfg: Config, workdir: str | Path) -> Run:
   if cfg.model.path:  # a missing or pickle-only checkpoint, before its tokenizer is read
     models.check_checkpoint_dir(cfg.model.path)
   task = tasks.from_config(cfg)
+  check_rewards(cfg, task)
   tokenizer = build_tokenizer(cfg)
   run = Run(cfg=cfg, workdir=workdir, task=task, tokenizer=tokenizer,
             model=build_model(cfg, tokenizer))

@@ -144,14 +144,17 @@ def test_first_reward_function_is_the_verifier(tmp_path, monkeypatch, threshold,
 
 
 def test_a_bad_reward_function_stops_before_compiling(tmp_path, monkeypatch, capsys):
+  """Checked before the first stage: SFT never starts (no checkpoints)."""
   monkeypatch.chdir(_repo_root())
   _write(tmp_path, chat=False)
   rewards = tmp_path / "my_rewards.py"
   for spec, message in ((f"{rewards}:wrong_length", "returned 1 values for 2 completions"),
                         (f"{rewards}:nope", "defines no function 'nope'"),
-                        (f"{tmp_path}/missing.py:f", "no such file")):
-    assert _launch(tmp_path, "--config.pipeline=grpo", f"--config.grpo.rewards={spec}",
+                        (f"{tmp_path}/missing.py:f", "no such file"),
+                        ("corect", "unknown reward 'corect'")):
+    assert _launch(tmp_path, "--config.pipeline=sft,grpo", f"--config.grpo.rewards={spec}",
                    "--config.grpo.reward_weights=1") == 2
+    assert not (tmp_path / "run" / "checkpoints").exists()
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("error: ") and message in err, err
     assert spec.split(":")[0] in err

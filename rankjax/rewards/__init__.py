@@ -31,11 +31,11 @@ from rankjax.rewards._builtin import (
     verifier_reward,
 )
 from rankjax.rewards._host import RewardError, call_reward, host_reward, score_on_host
-from rankjax.rewards._named import BUILTIN, from_names, is_chat, verifier
+from rankjax.rewards._named import BUILTIN, check_functions, from_names, is_chat, verifier
 
 __all__ = [
     "Reward", "RewardInputs", "batch_scorer", "combine", "score", "arithmetic_correct",
     "contains_reward", "eos_reward", "overlong_penalty", "reward_model_score",
     "host_reward", "score_on_host", "RewardError", "call_reward", "BUILTIN", "from_names",
-    "is_chat", "verifier", "verifier_reward",
+    "is_chat", "verifier", "verifier_reward", "check_functions",
 ]

@@ -116,3 +116,18 @@ def verifier(task: tasks_lib.Task, names: Sequence[str], *,
                         task.columns([record]))[0]
     return float(value >= threshold)
   return verify
+
+
+def check_functions(names: Sequence[str], task: tasks_lib.Task) -> None:
+  """Loads and calls every `file.py:function` entry of `names` on two of the
+  task's records: a run checks the reward lists it will use before its
+  first stage, so a bad function fails before any training."""
+  functions = [n for n in names if is_function(n)]
+  unknown = [n for n in names if not is_function(n) and n not in BUILTIN]
+  if unknown:
+    raise UserInputError(f"unknown reward {unknown[0]!r}: one of {', '.join(BUILTIN)}, or "
+                         "path/to/file.py:function")
+  if functions:
+    records = task.records("train") or task.eval_records(2)
+    for spec in functions:
+      user_function(spec, records, task)

@@ -174,31 +174,14 @@ def train_loop(state, step_fn: Callable, batches: Iterator, cfg: LoopConfig, *,
     state, metrics = step_fn(state, put_batch(host_batch, batch_shardings))
     step += 1
     window.append(metrics)
-    if stop_requested is not None and stop_requested():
-      log.warning("%s: stop requested at step %d: checkpointing and stopping", cfg.name, step)
-      summary["preempted"] = True
-      cfg = dataclasses.replace(cfg, steps=step)
-    if cfg.on_nonfinite == "stop" and float(metrics["nonfinite"]):
-      log.error("%s: non-finite loss/gradient at step %d; stopping (on_nonfinite=stop)",
-                cfg.name, step)
-      cfg = dataclasses.replace(cfg, steps=step)
+    cfg = _cut_short(cfg, step, metrics, stop_requested, summary)
     if _due(step, cfg.log_every, cfg.steps):
-      logged = reduce_metrics(window)
-      window = []
       now = time.perf_counter()
-      logged["tokens_per_s"] = tokens / max(now - t_last, 1e-9)
-      tokens, t_last = 0, now
-      if schedule is not None:
-        logged["learning_rate"] = float(schedule(step - 1))
-      totals["nonfinite_steps"] += logged.get("nonfinite", 0.0)
-      totals["zero_target_batches"] += logged.get("zero_target_batch", 0.0)
-      if logged.get("zero_target_batch", 0.0) or logged.get("zero_target_rows", 0.0):
-        log.warning("%s: step %d: %d batch(es) / rows with no target tokens in the "
-                    "last interval (loss 0 for them)", cfg.name, step,
-                    int(logged.get("zero_target_batch", 0) + logged.get("zero_target_rows", 0)))
-      if logged.get("nonfinite", 0.0):
-        log.warning("%s: step %d: %d update(s) skipped (non-finite loss or gradient)",
-                    cfg.name, step, int(logged["nonfinite"]))
+      logged = _interval(window, cfg.name, step, tokens / max(now - t_last, 1e-9), schedule)
+      window, tokens, t_last = [], 0, now
+      for key, name in (("nonfinite", "nonfinite_steps"), ("zero_target_batch",
+                                                          "zero_target_batches")):
+        totals[name] += logged.get(key, 0.0)
       if writer is not None:
         writer.write(step, logged)
       progress.update(step, logged["tokens_per_s"], logged)
@@ -217,6 +200,38 @@ def train_loop(state, step_fn: Callable, batches: Iterator, cfg: LoopConfig, *,
     _save(checkpoints, step, state, batches, summary)
   summary.update(totals, steps=step)
   return state, summary
+
+
+def _cut_short(cfg: LoopConfig, step: int, metrics, stop_requested, summary) -> LoopConfig:
+  """`cfg` ending at `step` when a stop was requested (SIGTERM: the loop
+  checkpoints and returns) or a non-finite update stops the stage."""
+  if stop_requested is not None and stop_requested():
+    log.warning("%s: stop requested at step %d: checkpointing and stopping", cfg.name, step)
+    summary["preempted"] = True
+    return dataclasses.replace(cfg, steps=step)
+  if cfg.on_nonfinite == "stop" and float(metrics["nonfinite"]):
+    log.error("%s: non-finite loss/gradient at step %d; stopping (on_nonfinite=stop)",
+              cfg.name, step)
+    return dataclasses.replace(cfg, steps=step)
+  return cfg
+
+
+def _interval(window, name: str, step: int, tokens_per_s: float,
+              schedule: Callable | None) -> dict[str, float]:
+  """The logged metrics of one interval (`reduce_metrics` plus throughput
+  and learning rate), warning about empty targets and skipped updates."""
+  logged = reduce_metrics(window)
+  logged["tokens_per_s"] = tokens_per_s
+  if schedule is not None:
+    logged["learning_rate"] = float(schedule(step - 1))
+  empty = logged.get("zero_target_batch", 0.0) + logged.get("zero_target_rows", 0.0)
+  if empty:
+    log.warning("%s: step %d: %d batch(es) / rows with no target tokens in the "
+                "last interval (loss 0 for them)", name, step, int(empty))
+  if logged.get("nonfinite", 0.0):
+    log.warning("%s: step %d: %d update(s) skipped (non-finite loss or gradient)",
+                name, step, int(logged["nonfinite"]))
+  return logged
 
 
 def _save(checkpoints, step, state, batches, summary) -> None:
