@@ -4,6 +4,12 @@ Prompts come from the run's task in a fixed, seeded order (`PromptBatches`,
 whose position checkpoints with the state). Rewards come from
 `cfg.grpo.rewards` / `cfg.ppo.rewards`: built-in names and TRL-style
 functions from Python files (`rewards.from_names`).
+
+Under LoRA (`model.lora_rank` > 0, the stage in `model.lora_stages` or
+those empty) the policy trains its adapters only (plus a shared-trunk
+value head), samples with them inside the compiled step, and its reference
+is the base (adapters zeroed, no second copy); `run.model` and the export
+get the adapters merged.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ from typing import TYPE_CHECKING
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rankjax import models, parallel, rewards as rewards_lib
 from rankjax.data import tasks as tasks_lib
 from rankjax.errors import UserInputError
 from rankjax.train._grpo import grpo_step
-from rankjax.train._stages import resume_and_train
+from rankjax.train._stages import resume_and_train, with_lora
 from rankjax.train._optim import make_optimizer, make_schedule
 from rankjax.train._ppo import ppo_step
 from rankjax.train._rollout import RolloutSettings
@@ -159,6 +166,22 @@ def jit_rl_step(step_fn, state_sh, batch_sh, reward_states, *extra_sh, **static)
                  donate_argnums=0)
 
 
+def _trainable_summary(cfg, state, critic=None) -> dict:
+  """`lora_rank` and `trainable_params`, as `fit` reports them (a separate
+  critic's parameters count too)."""
+  n = sum(x.size for s in (state, critic) if s is not None for x in jax.tree.leaves(s.params))
+  return {"lora_rank": int(state.lora) * cfg.model.lora_rank, "trainable_params": n}
+
+
+def _finish(run: Run, stage: str, state, summary: dict) -> None:
+  """The trained policy (adapters merged, a shared value head dropped)
+  becomes `run.model` and is exported."""
+  run.model = _without_value_head(models.merge_lora(state.model()))
+  run.summary[stage] = summary
+  if exported := run.export(run.model, run.workdir / "export"):
+    summary["export"] = exported
+
+
 def stage_grpo(run: Run) -> None:
   """GRPO on the current policy (usually after SFT)."""
   cfg, tok = run.cfg, run.tokenizer
@@ -168,8 +191,8 @@ def stage_grpo(run: Run) -> None:
   reward_states = [r.state for r in rewards]
   optim = _stage_optim(cfg, cfg.grpo.learning_rate)
   tx = make_optimizer(optim, cfg.grpo.steps * cfg.grpo.num_iterations * cfg.grpo.num_minibatches)
-  state, state_sh = create_train_state(run.model, tx, mesh, seed=cfg.seed,
-                                       with_reference=cfg.grpo.beta > 0)
+  state, state_sh = create_train_state(with_lora(run.model, cfg, "grpo"), tx, mesh,
+                                       seed=cfg.seed, with_reference=cfg.grpo.beta > 0)
   batch_sh = batch_sharding(mesh)
   jitted = jit_rl_step(grpo_step, state_sh, batch_sh, reward_states, hp=cfg.grpo,
                        rollout=rollout_settings(cfg, tok), rewards=tuple(rewards))
@@ -177,16 +200,14 @@ def stage_grpo(run: Run) -> None:
   start = time.time()
   state, summary = _loop(run, "grpo", state, step, batches, cfg.grpo.steps, mesh, optim,
                          cfg.grpo.num_iterations * cfg.grpo.num_minibatches)
-  summary["seconds"] = round(time.time() - start, 1)
-  run.model = state.model()
-  run.summary["grpo"] = summary
-  if exported := run.export(run.model, run.workdir / "export"):
-    summary["export"] = exported
+  summary.update(seconds=round(time.time() - start, 1), **_trainable_summary(cfg, state))
+  _finish(run, "grpo", state, summary)
 
 
 def stage_ppo(run: Run) -> None:
   """PPO with a value head: a shared trunk (`ppo.shared_critic`) or a
-  separate critic initialised from the policy."""
+  separate critic initialised from the policy (fully trained; LoRA applies
+  to the policy)."""
   cfg, tok = run.cfg, run.tokenizer
   p = cfg.ppo
   mesh = parallel.make_mesh(cfg.mesh)
@@ -196,10 +217,12 @@ def stage_ppo(run: Run) -> None:
   updates = p.steps * p.num_epochs * p.num_minibatches
   optim = _stage_optim(cfg, p.learning_rate)
   tx = make_optimizer(optim, updates)
-  policy = run.model
-  if p.shared_critic:
-    policy = _with_value_head(policy, cfg.seed + 3)
-  state, state_sh = create_train_state(policy, tx, mesh, seed=cfg.seed, with_reference=True)
+  policy = _with_value_head(run.model, cfg.seed + 3) if p.shared_critic else run.model
+  # Adapters after the head: `_with_value_head` builds a new model and
+  # would not carry them over.
+  policy = with_lora(policy, cfg, "ppo")
+  state, state_sh = create_train_state(policy, tx, mesh, seed=cfg.seed, with_reference=True,
+                                       trainable=_policy_trainable(policy, p.shared_critic))
   critic = critic_sh = None
   if not p.shared_critic:
     from rankjax.train._stages import reward_model_from
@@ -227,20 +250,25 @@ def stage_ppo(run: Run) -> None:
   # Policy, critic (None with a shared trunk) and the adaptive KL coefficient
   # are one pytree, so checkpoints and resumption carry all three.
   coef = jax.device_put(jnp.float32(p.kl_coef), rep)
-  (state, _, _), summary = _loop(run, "ppo", (state, critic, coef), step, batches, p.steps,
-                                 mesh, optim, p.num_epochs * p.num_minibatches)
-  model = state.model()
-  run.model = model
-  run.summary["ppo"] = summary
-  if exported := run.export(model, run.workdir / "export"):
-    summary["export"] = exported
+  (state, critic, _), summary = _loop(run, "ppo", (state, critic, coef), step, batches,
+                                      p.steps, mesh, optim, p.num_epochs * p.num_minibatches)
+  summary.update(_trainable_summary(cfg, state, critic))
+  _finish(run, "ppo", state, summary)
+
+
+def _policy_trainable(policy: models.Transformer, shared_critic: bool):
+  """What the PPO policy's optimizer updates: the default (every parameter,
+  or the adapters under LoRA), plus under LoRA a shared trunk's value head,
+  which would otherwise never learn."""
+  if not (shared_critic and models.lora_targets(policy)):
+    return None
+  return nnx.Any(nnx.LoRAParam, nnx.PathContains("score"))
 
 
 def _with_value_head(model: models.Transformer, seed: int) -> models.Transformer:
   """The policy with a fresh scalar head on its trunk (shared-trunk critic)."""
   if model.config.num_labels == 1:
     return model
-  from flax import nnx
   new = models.create(model.config.replace(num_labels=1), seed=seed)
   state = nnx.state(new, nnx.Param)
   pure, old = nnx.to_pure_dict(state), nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -248,3 +276,15 @@ def _with_value_head(model: models.Transformer, seed: int) -> models.Transformer
   nnx.replace_by_pure_dict(state, pure)
   nnx.update(new, state)
   return new
+
+
+def _without_value_head(model: models.Transformer) -> models.Transformer:
+  """The policy as a plain causal LM: a Hugging Face causal LM has no
+  scalar head, so an export with one would not load back."""
+  if not (model.config.lm_head and model.config.num_labels):
+    return model
+  graphdef, state = nnx.split(models.create_abstract(model.config.replace(num_labels=0)))
+  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  del pure["score"]
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state)

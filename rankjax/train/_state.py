@@ -6,8 +6,9 @@
 
 The NNX model is split once on the host: its graph definition is static
 (pytree metadata), and its variables become two `nnx.State`s, `params`
-(what the optimizer updates: every `nnx.Param`, or only the `nnx.LoRAParam`
-adapters when the model has LoRA) and `frozen` (the rest). Steps rebuild
+(what the optimizer updates: every `nnx.Param`, only the `nnx.LoRAParam`
+adapters when the model has LoRA, or any `trainable` filter, e.g. adapters
+plus PPO's value head) and `frozen` (the rest). Steps rebuild
 the module inside jit with `state.model()`, so they stay pure functions of
 arrays.
 """
@@ -32,7 +33,9 @@ class TrainState:
   Attributes:
     graphdef: the model's static structure.
     tx: the optax transformation (static, like flax's TrainState).
-    params: trainable variables (float32 master weights under bf16 compute).
+    params: trainable variables (float32 master weights under bf16 compute):
+      under LoRA the adapters, plus whatever else the `trainable` filter
+      of `create_train_state` picked (e.g. a value head).
     frozen: the remaining variables (base weights under LoRA).
     opt_state: optax state of `params`.
     step: int32 updates attempted; skipped (non-finite) updates count too.
@@ -41,7 +44,8 @@ class TrainState:
     ref: frozen copy of the initial `params`, the DPO/KTO reference under
       full fine-tuning; None when there is no reference or under LoRA
       (where the reference is the base: adapters zeroed).
-    lora: `params` are LoRA adapters (static).
+    lora: the model has LoRA adapters, all of them in `params`, and its
+      base weights are frozen (static).
   """
   graphdef: nnx.GraphDef = struct.field(pytree_node=False)
   tx: optax.GradientTransformation = struct.field(pytree_node=False)
@@ -62,7 +66,7 @@ class TrainState:
     """The frozen reference: the base with zeroed adapters under LoRA, else
     the initial parameters. No gradient flows into it."""
     if self.lora:
-      return self.model(models.zero_lora(self.params))
+      return self.model(_zero_adapters(self.params))
     if self.ref is None:
       raise ValueError("this TrainState has no reference (build it with "
                        "with_reference=True, or pass reference log-probs in "
@@ -74,9 +78,16 @@ def _is_var(x) -> bool:
   return isinstance(x, nnx.Variable)
 
 
-def _init(model_state, graphdef, tx, seed, with_reference, lora):
+def _zero_adapters(params: nnx.State) -> nnx.State:
+  """`params` with every adapter zeroed (the base model); other trainable
+  leaves (a value head) are kept, without gradient."""
+  adapters, rest = nnx.split_state(params, nnx.LoRAParam, ...)
+  return nnx.merge_state(models.zero_lora(adapters), jax.lax.stop_gradient(rest))
+
+
+def _init(model_state, graphdef, tx, seed, with_reference, lora, trainable):
   model = nnx.merge(graphdef, model_state)
-  graphdef, params, frozen = nnx.split(model, nnx.LoRAParam if lora else nnx.Param, ...)
+  graphdef, params, frozen = nnx.split(model, trainable, ...)
   # Copies: the step donates its state, so no buffer may be shared with the
   # caller's model or between `params` and `ref`.
   params = jax.tree.map(jnp.copy, params)
@@ -101,18 +112,25 @@ def tree_shardings(tree, mesh: Mesh):
 
 def create_train_state(model: models.Transformer, tx: optax.GradientTransformation,
                        mesh: Mesh, *, seed: int = 0,
-                       with_reference: bool = False) -> tuple[TrainState, Any]:
+                       with_reference: bool = False,
+                       trainable: nnx.filterlib.Filter | None = None) -> tuple[TrainState, Any]:
   """(state, shardings): the TrainState of `model`, laid out on `mesh`.
 
   The state is built from abstract shapes first (`jax.eval_shape`), then
   by one jitted init with `out_shardings`, so parameters and optimizer
   moments are created directly in their shards. `with_reference` keeps a
   frozen copy of the initial trainable parameters (DPO/KTO under full
-  fine-tuning; LoRA needs none).
+  fine-tuning; LoRA needs none). `trainable` (an nnx filter) picks what
+  the optimizer updates; default: the adapters when `model` has LoRA, else
+  every `nnx.Param`. Under LoRA it must take every adapter and no base
+  weight of the policy (e.g. `nnx.Any(nnx.LoRAParam, nnx.PathContains("score"))`
+  also trains PPO's value head).
   """
   graphdef, model_state = nnx.split(model)
   lora = bool(models.lora_targets(model))
-  init = lambda s: _init(s, graphdef, tx, seed, with_reference, lora)
+  if trainable is None:
+    trainable = nnx.LoRAParam if lora else nnx.Param
+  init = lambda s: _init(s, graphdef, tx, seed, with_reference, lora, trainable)
   abstract = jax.eval_shape(init, model_state)
   shardings = tree_shardings(abstract, mesh)
   with jax.set_mesh(mesh):
