@@ -38,7 +38,18 @@ class ModelCfg:
   max_position_embeddings: int = 512
   dtype: Literal["float32", "bfloat16"] = "float32"
   param_dtype: Literal["float32", "bfloat16"] = "float32"
+  # Rematerialise each layer in the backward pass (less activation memory,
+  # one more forward of the layers); `remat_policy` says what a layer keeps:
+  # "full" nothing, "dots_saveable" its matmul outputs (recomputes only the
+  # cheap elementwise work: more memory than "full", less time).
   remat: bool = False
+  remat_policy: Literal["full", "dots_saveable"] = "full"
+  # Tokens per chunk of the LM head + log-softmax in every step that scores
+  # tokens (SFT, DPO, KTO, GRPO, PPO): the [B, T, V] logits are never built
+  # and the backward recomputes each chunk's logits (one more head matmul).
+  # 0 = unchunked. Worth it when B·T·V·4 bytes is a large share of memory
+  # (e.g. 1024-4096 at V = 128k-152k).
+  logits_chunk: int = 0
   # LoRA on attention and MLP projections; 0 = full fine-tuning.
   lora_rank: int = 0
   lora_alpha: float = 16.0
@@ -273,7 +284,8 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     "sft.steps", "rm.steps", "dpo.steps", "kto.steps", "grpo.steps", "ppo.steps",
     "optim.warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "grpo.beta",
-    "sample.temperature", "sample.top_k", "model.lora_rank", "checkpoint.every",
+    "sample.temperature", "sample.top_k", "model.lora_rank", "model.logits_chunk",
+    "checkpoint.every",
     "log_every", "eval_every", "data.num_train", "data.num_eval", "eval.temperature",
     "grpo.learning_rate", "ppo.learning_rate", "self_improve.iterations",
 }

@@ -2,7 +2,8 @@
 without LoRA.
 
     python -m rankjax.bench train [--variants sft,dpo,dpo_lora] [--batch 8]
-        [--seq 512] [--layers 8] [--lora-rank 16] [--repeats 3] [--threads N]
+        [--seq 512] [--layers 8] [--hidden 512] [--vocab 32000] [--lora-rank 16]
+        [--logits-chunk 0,1024] [--remat] [--repeats 3] [--threads N]
         [--in-process] [--tiny] [--json PATH]
 
 A random Llama (vocab 32000, D 512, 8 layers, 8 query / 2 KV heads, F 1408:
@@ -25,6 +26,12 @@ causal attention score and value FLOPs of a forward, 2·L·T²·heads·head_dim
 per row: the lower triangle a causal model needs (the model computes ~62%
 of the square at T = 512, in 128-query blocks; counting only the needed
 half keeps MFU conservative). LoRA adapter FLOPs are left out.
+
+`--logits-chunk` takes one or more chunk sizes (`model.logits_chunk`, 0 =
+unchunked); each variant then runs once per size, side by side (rows
+`sft/chunk0`, `sft/chunk1024`, ...). MFU counts model FLOPs only, so the
+chunked runs' recomputed head forward (2·D·V per token) shows as lower MFU.
+`--hidden` scales the width (head_dim = hidden / 8 heads, F = 2.75·hidden).
 
 Each variant runs in its own subprocess so its peak RSS is its own (unless
 --in-process); workloads are the first (compiling) call, then `repeats`
@@ -74,6 +81,10 @@ def parse_args(argv) -> argparse.Namespace:
   p.add_argument("--batch", type=int, default=None, help="sequences per step (DPO: 2 x pairs)")
   p.add_argument("--seq", type=int, default=None)
   p.add_argument("--layers", type=int, default=None)
+  p.add_argument("--hidden", type=int, default=None, help="model width D (default 512)")
+  p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default 32000)")
+  p.add_argument("--logits-chunk", default="0",
+                 help="comma-separated model.logits_chunk values to compare (0 = unchunked)")
   p.add_argument("--lora-rank", type=int, default=16)
   p.add_argument("--remat", action="store_true", help="rematerialise each layer")
   p.add_argument("--in-process", action="store_true",
@@ -83,6 +94,12 @@ def parse_args(argv) -> argparse.Namespace:
   _common.add_common_args(p)
   args = p.parse_args(argv)
   args.variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+  try:
+    args.logits_chunks = tuple(int(c) for c in args.logits_chunk.split(",") if c.strip())
+  except ValueError:
+    p.error(f"--logits-chunk: expected comma-separated integers, got {args.logits_chunk!r}")
+  if not args.logits_chunks or min(args.logits_chunks) < 0:
+    p.error("--logits-chunk: chunk sizes must be >= 0")
   unknown = set(args.variants) - set(VARIANTS)
   if unknown or not args.variants:
     p.error(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
@@ -94,15 +111,16 @@ def parse_args(argv) -> argparse.Namespace:
   return args
 
 
-def model_config(args) -> models.ModelConfig:
+def model_config(args, logits_chunk: int = 0) -> models.ModelConfig:
   base = _TINY if args.tiny else _FULL
+  hidden = args.hidden or base["hidden_size"]
   return models.ModelConfig(
-      vocab_size=base["vocab_size"], hidden_size=base["hidden_size"],
-      intermediate_size=base["intermediate_size"],
+      vocab_size=args.vocab or base["vocab_size"], hidden_size=hidden,
+      intermediate_size=hidden * base["intermediate_size"] // base["hidden_size"],
       num_layers=args.layers or base["num_layers"], num_heads=base["num_heads"],
-      num_kv_heads=base["num_kv_heads"], head_dim=base["head_dim"], model_type="llama",
-      max_position_embeddings=max(4096, args.seq), eos_token_ids=(), pad_token_id=0,
-      remat=args.remat)
+      num_kv_heads=base["num_kv_heads"], head_dim=hidden // base["num_heads"],
+      model_type="llama", max_position_embeddings=max(4096, args.seq), eos_token_ids=(),
+      pad_token_id=0, remat=args.remat, logits_chunk=logits_chunk)
 
 
 # ---------------------------------------------------------------------------
@@ -162,8 +180,10 @@ def _matmul_probe(n: int):
 
 
 def run_variant(name: str, args) -> dict[str, Any]:
+  """`name` at the first of `args.logits_chunks` (the parent passes one)."""
   algo, lora = VARIANTS[name]
-  cfg = model_config(args)
+  chunk = args.logits_chunks[0]
+  cfg = model_config(args, chunk)
   model = random_model(cfg, seed=0)
   if lora:
     models.apply_lora(model, args.lora_rank, 2.0 * args.lora_rank, rngs=nnx.Rngs(params=1))
@@ -195,7 +215,7 @@ def run_variant(name: str, args) -> dict[str, Any]:
   tokens = args.batch * args.seq
   trainable = sum(x.size for x in jax.tree.leaves(holder["state"].params))
   return {
-      "variant": name, "algorithm": algo, "lora": lora,
+      "variant": name, "algorithm": algo, "lora": lora, "logits_chunk": chunk,
       "lora_rank": args.lora_rank if lora else 0,
       "step": timing.as_dict(),
       "tokens_per_step": tokens, "tokens_per_s": tokens / timing.median_s,
@@ -210,9 +230,10 @@ def run_variant(name: str, args) -> dict[str, Any]:
   }
 
 
-def _run_child(name: str, argv: list[str]) -> dict[str, Any]:
-  """`name` in a fresh interpreter, for a clean peak RSS."""
-  cmd = [sys.executable, "-m", "rankjax.bench", "train", *argv, "--child", name]
+def _run_child(name: str, argv: list[str], chunk: int) -> dict[str, Any]:
+  """`name` at logits chunk `chunk` in a fresh interpreter, for a clean peak RSS."""
+  cmd = [sys.executable, "-m", "rankjax.bench", "train", *argv, "--child", name,
+         "--logits-chunk", str(chunk)]
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode:
     raise RuntimeError(f"bench variant {name} failed:\n{proc.stderr[-4000:]}")
@@ -220,16 +241,18 @@ def _run_child(name: str, argv: list[str]) -> dict[str, Any]:
 
 
 def _child_argv(argv: list[str]) -> list[str]:
-  """argv minus --json/--variants (the parent owns the report)."""
+  """argv minus --json/--variants/--logits-chunk (the parent owns the
+  report and hands each child its chunk size)."""
+  owned = ("--json", "--variants", "--logits-chunk")
   out, skip = [], False
   for a in argv:
     if skip:
       skip = False
       continue
-    if a in ("--json", "--variants"):
+    if a in owned:
       skip = True
       continue
-    if a.startswith(("--json=", "--variants=")):
+    if a.startswith(tuple(o + "=" for o in owned)):
       continue
     out.append(a)
   return out
@@ -258,11 +281,13 @@ def check_targets(f: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 def report(r: dict[str, Any]) -> str:
   w = r["workload"]
-  rows = [[name, v["tokens_per_s"], v["step"]["median_s"], v["step"]["compile_s"],
+  rows = [[name, v.get("logits_chunk", 0), v["tokens_per_s"], v["step"]["median_s"],
+           v["step"]["compile_s"],
            v["gflops"], v["matmul_peak_gflops"], v["mfu"], v["trainable_params"] / 1e6,
            v["peak_rss_mb"]] for name, v in r["variants"].items()]
   table = _common.format_table(rows, [
-      "variant", "tok/s", "step s", "compile s", "GFLOP/s", "peak GFLOP/s", "MFU",
+      "variant", "logits chunk", "tok/s", "step s", "compile s", "GFLOP/s", "peak GFLOP/s",
+      "MFU",
       "trainable M", "peak RSS MB"])
   targets = _common.format_table(
       [[t["what"], t["measured"], t["target"], "PASS" if t["pass"] else "FAIL"]
@@ -282,19 +307,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   cfg = model_config(args)
   variants = {}
   for name in args.variants:
-    if args.in_process:
-      variants[name] = run_variant(name, args)
-      gc.collect()
-    else:
-      variants[name] = _run_child(name, _child_argv(argv))
+    for chunk in args.logits_chunks:
+      # One chunk size keeps the plain names (and the LoRA fractions).
+      key = name if len(args.logits_chunks) == 1 else f"{name}/chunk{chunk}"
+      if args.in_process:
+        variants[key] = run_variant(
+            name, argparse.Namespace(**{**vars(args), "logits_chunks": (chunk,)}))
+        gc.collect()
+      else:
+        variants[key] = _run_child(name, _child_argv(argv), chunk)
   f = fractions(variants)
   result = {
       "benchmark": "train",
       "model": {"params_m": cfg.num_params / 1e6, "matmul_params_m": matmul_params(cfg) / 1e6,
                 **{k: v for k, v in dataclasses.asdict(cfg).items()
                    if k in ("vocab_size", "hidden_size", "num_layers", "num_heads",
-                            "num_kv_heads", "head_dim", "intermediate_size", "remat")}},
+                            "num_kv_heads", "head_dim", "intermediate_size", "remat",
+                            "remat_policy")}},
       "workload": {"batch": args.batch, "seq": args.seq, "repeats": args.repeats,
+                   "logits_chunks": list(args.logits_chunks),
                    "lora_rank": args.lora_rank, "in_process": args.in_process},
       "machine": _common.thread_report(_common.available_cpus()),
       "variants": variants, "fractions": f, "targets": check_targets(f),

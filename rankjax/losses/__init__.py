@@ -19,8 +19,16 @@ papers: see docs/references.md.
   kl_k1, kl_k2, kl_k3                        _kl.py
   token_logprobs, sequence_logprobs,         _common.py
     masked_sum, masked_mean
+  chunked_token_logprobs, map_token_chunks,  _chunked.py
+    head_logits (the LM head over chunks
+    of tokens: no [B, T, V] logits);
+    chunked_sft_loss,                         _sft.py
+    chunked_token_unlikelihood_loss
 """
 
+from rankjax.losses._chunked import chunked_token_logprobs
+from rankjax.losses._chunked import head_logits
+from rankjax.losses._chunked import map_token_chunks
 from rankjax.losses._common import masked_mean
 from rankjax.losses._common import masked_sum
 from rankjax.losses._common import sequence_logprobs
@@ -43,6 +51,8 @@ from rankjax.losses._ppo import ppo_token_rewards
 from rankjax.losses._ppo import ppo_value_loss
 from rankjax.losses._ppo import whiten
 from rankjax.losses._reward import reward_model_loss
+from rankjax.losses._sft import chunked_sft_loss
+from rankjax.losses._sft import chunked_token_unlikelihood_loss
 from rankjax.losses._sft import repeated_ngram_mask
 from rankjax.losses._sft import sequence_unlikelihood_loss
 from rankjax.losses._sft import sft_loss
@@ -52,14 +62,19 @@ from rankjax.losses._sft import token_unlikelihood_loss
 __all__ = [
     "DPO_LOSS_TYPES",
     "adaptive_kl_coef",
+    "chunked_sft_loss",
+    "chunked_token_logprobs",
+    "chunked_token_unlikelihood_loss",
     "dpo_loss",
     "gae",
     "group_advantages",
     "grpo_loss",
+    "head_logits",
     "kl_k1",
     "kl_k2",
     "kl_k3",
     "kto_loss",
+    "map_token_chunks",
     "masked_mean",
     "masked_sum",
     "ppo_loss",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rankjax.losses import _common
+from rankjax.losses import _chunked, _common
 
 Array = jax.Array
 
@@ -46,7 +46,43 @@ def sft_loss(
   """
   _common.check_choice("normalize", normalize, _NORMALIZE)
   _common.check_same_shape(targets_bt=targets_bt, loss_mask_bt=loss_mask_bt)
-  nll_bt = -_common.token_logprobs(logits_btv, targets_bt)
+  logp_bt, correct_bt = _sft_token_stats(jnp.asarray(logits_btv), targets_bt)
+  return _sft_reduce(-logp_bt, correct_bt, loss_mask_bt, normalize)
+
+
+def chunked_sft_loss(
+    hidden_btd: Array,
+    head_dv: Array,
+    targets_bt: Array,
+    loss_mask_bt: Array,
+    *,
+    chunk_size: int = 0,
+    normalize: str = "token",
+) -> tuple[Array, dict[str, Array]]:
+  """`sft_loss` on logits = hidden @ head, computed over chunks of tokens
+  (`map_token_chunks`): the [B, T, V] logits are never built. Same loss,
+  gradients and metrics as `sft_loss(hidden @ head, ...)`.
+
+  Args:
+    hidden_btd: [B, T, D] final hidden states predicting targets_bt.
+    head_dv: [D, V] LM head.
+    targets_bt, loss_mask_bt, normalize: as `sft_loss`.
+    chunk_size: tokens per chunk; 0 = unchunked.
+  """
+  _common.check_choice("normalize", normalize, _NORMALIZE)
+  _common.check_same_shape(targets_bt=targets_bt, loss_mask_bt=loss_mask_bt)
+  logp_bt, correct_bt = _chunked.map_token_chunks(
+      _sft_token_stats, hidden_btd, head_dv, targets_bt, chunk_size=chunk_size)
+  return _sft_reduce(-logp_bt, correct_bt, loss_mask_bt, normalize)
+
+
+def _sft_token_stats(logits_nv: Array, targets_n: Array) -> tuple[Array, Array]:
+  """(log p(target) float32, argmax == target) per token."""
+  return (_common.token_logprobs(logits_nv, targets_n),
+          jnp.argmax(logits_nv, axis=-1) == targets_n)
+
+
+def _sft_reduce(nll_bt, correct_bt, loss_mask_bt, normalize):
   if normalize == "token":
     loss = _common.masked_mean(nll_bt, loss_mask_bt)
   else:
@@ -54,7 +90,6 @@ def sft_loss(
     has_targets_b = jnp.sum(jnp.asarray(loss_mask_bt) != 0, axis=-1) > 0
     loss = _common.masked_mean(per_row_b, has_targets_b)
   num_tokens = jnp.sum(jnp.asarray(loss_mask_bt) != 0).astype(jnp.float32)
-  correct_bt = jnp.argmax(logits_btv, axis=-1) == targets_bt
   metrics = {
       "loss": loss,
       "num_target_tokens": num_tokens,
@@ -99,13 +134,49 @@ def token_unlikelihood_loss(
   """
   _common.check_same_shape(targets_bt=targets_bt, loss_mask_bt=loss_mask_bt,
                            context_mask_bt=context_mask_bt)
+  targets_bt = jnp.asarray(targets_bt).astype(jnp.int32)
+  cand_ids_btj, cand_btj = _unlikelihood_candidates(targets_bt, context_mask_bt, loss_mask_bt)
+  nll_bt, cand_logp_btj = _unlikelihood_token_stats(
+      jnp.asarray(logits_btv), (targets_bt, cand_ids_btj))
+  return _unlikelihood_reduce(nll_bt, cand_logp_btj, cand_btj, loss_mask_bt, alpha)
+
+
+def chunked_token_unlikelihood_loss(
+    hidden_btd: Array,
+    head_dv: Array,
+    targets_bt: Array,
+    loss_mask_bt: Array,
+    *,
+    alpha: float = 1.0,
+    context_mask_bt: Array | None = None,
+    chunk_size: int = 0,
+) -> tuple[Array, dict[str, Array]]:
+  """`token_unlikelihood_loss` on logits = hidden @ head, computed over
+  chunks of tokens (`map_token_chunks`): each chunk gathers its targets' and
+  candidates' log-probs; the [B, T, V] logits are never built.
+
+  Args:
+    hidden_btd: [B, T, D] final hidden states predicting targets_bt.
+    head_dv: [D, V] LM head.
+    targets_bt, loss_mask_bt, alpha, context_mask_bt: as
+      `token_unlikelihood_loss`.
+    chunk_size: tokens per chunk; 0 = unchunked.
+  """
+  _common.check_same_shape(targets_bt=targets_bt, loss_mask_bt=loss_mask_bt,
+                           context_mask_bt=context_mask_bt)
+  targets_bt = jnp.asarray(targets_bt).astype(jnp.int32)
+  cand_ids_btj, cand_btj = _unlikelihood_candidates(targets_bt, context_mask_bt, loss_mask_bt)
+  nll_bt, cand_logp_btj = _chunked.map_token_chunks(
+      _unlikelihood_token_stats, hidden_btd, head_dv, (targets_bt, cand_ids_btj),
+      chunk_size=chunk_size)
+  return _unlikelihood_reduce(nll_bt, cand_logp_btj, cand_btj, loss_mask_bt, alpha)
+
+
+def _unlikelihood_candidates(targets_bt, context_mask_bt, loss_mask_bt):
+  """(candidate ids int32[B, T, T], candidate mask bool[B, T, T]): at
+  position t, slot j holds y_j, a candidate when it is in C_t."""
   if context_mask_bt is None:
     context_mask_bt = loss_mask_bt
-  # Float32 log-softmax: 1 − p is catastrophically rounded in bf16.
-  logp_btv = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-  targets_bt = targets_bt.astype(jnp.int32)
-  nll_bt = -jnp.take_along_axis(logp_btv, targets_bt[..., None], axis=-1)[..., 0]
-
   # Candidates live on a [B, T, T] grid (position t, earlier position j)
   # rather than a [B, T, V] multi-hot: for LM vocabularies V ≫ T.
   b, t = targets_bt.shape
@@ -116,11 +187,22 @@ def token_unlikelihood_loss(
   seen_before_bj = jnp.any(same_btj & earlier_tj & valid_bj[:, None, :], axis=-1)
   first_bj = valid_bj & ~seen_before_bj
   cand_btj = earlier_tj & first_bj[:, None, :] & ~same_btj
-  cand_ids_btj = jnp.broadcast_to(targets_bt[:, None, :], (b, t, t))
-  cand_logp_btj = jnp.take_along_axis(logp_btv, cand_ids_btj, axis=-1)
-  ul_bt = -_common.masked_sum(_common.log1m_prob(cand_logp_btj), cand_btj,
-                              axis=-1)
+  return jnp.broadcast_to(targets_bt[:, None, :], (b, t, t)), cand_btj
 
+
+def _unlikelihood_token_stats(logits_nv, ids):
+  """(−log p(target) [N], log p(candidate) [N, K]) per token, float32."""
+  targets_n, cand_ids_nk = ids
+  # Float32 log-partition: 1 − p is catastrophically rounded in bf16.
+  logits_nv = logits_nv.astype(jnp.float32)
+  lse_n1 = jax.nn.logsumexp(logits_nv, axis=-1, keepdims=True)
+  target_n1 = jnp.take_along_axis(logits_nv, targets_n[..., None], axis=-1)
+  cand_nk = jnp.take_along_axis(logits_nv, cand_ids_nk, axis=-1)
+  return (lse_n1 - target_n1)[..., 0], cand_nk - lse_n1
+
+
+def _unlikelihood_reduce(nll_bt, cand_logp_btj, cand_btj, loss_mask_bt, alpha):
+  ul_bt = -_common.masked_sum(_common.log1m_prob(cand_logp_btj), cand_btj, axis=-1)
   mle = _common.masked_mean(nll_bt, loss_mask_bt)
   ul = _common.masked_mean(ul_bt, loss_mask_bt)
   loss = mle + alpha * ul

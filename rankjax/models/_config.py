@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+REMAT_POLICIES = ("full", "dots_saveable")
 
 _ARCH_SUFFIX = {"lm": "ForCausalLM", "score": "ForSequenceClassification"}
 _ARCH_PREFIX = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3"}
@@ -58,6 +59,15 @@ class ModelConfig:
   param_dtype: str = "float32"
   # Rematerialise each layer in the backward pass (saves activation memory).
   remat: bool = False
+  # What a rematerialised layer keeps for its backward: "full" nothing (the
+  # whole layer is recomputed); "dots_saveable" its matmul outputs (only
+  # norms, activations and softmax are recomputed: more memory, less time).
+  remat_policy: str = "full"
+  # Tokens per chunk when the train steps turn hidden states into log-probs
+  # (`losses.chunked_token_logprobs`): the LM head and log-softmax run chunk
+  # by chunk and the backward recomputes each chunk's logits, so no
+  # [B, T, V] logits exist. 0 = unchunked (all B·T tokens at once).
+  logits_chunk: int = 0
 
   def __post_init__(self):
     if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -69,6 +79,11 @@ class ModelConfig:
     if self.rope.rope_type not in SUPPORTED_ROPE_TYPES:
       raise ValueError(f"rope_type {self.rope.rope_type!r} is not supported; "
                        f"supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy {self.remat_policy!r} is not supported; "
+                       f"supported: {', '.join(REMAT_POLICIES)}")
+    if self.logits_chunk < 0:
+      raise ValueError(f"logits_chunk must be >= 0 (0 = unchunked), got {self.logits_chunk}")
     if not self.lm_head and self.num_labels == 0:
       raise ValueError("a model needs an LM head or a scalar head (num_labels > 0)")
 

@@ -353,6 +353,17 @@ def default_positions(attention_mask_bt=None, segment_ids_bt=None, length=None):
 # ---------------------------------------------------------------------------
 
 
+# `ModelConfig.remat_policy` -> what `jax.checkpoint` saves of a layer.
+_REMAT_POLICIES = {"full": None, "dots_saveable": jax.checkpoint_policies.dots_saveable}
+
+
+def _remat(step, cfg: ModelConfig):
+  """The layer function, rematerialised in the backward when `cfg.remat`."""
+  if not cfg.remat:
+    return step
+  return jax.checkpoint(step, policy=_REMAT_POLICIES[cfg.remat_policy])
+
+
 def _param(rngs, shape, axes, dtype, init="normal"):
   if init == "normal":
     value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
@@ -461,6 +472,17 @@ class Transformer(nnx.Module):
       return self.embed[...].astype(self._dtype)
     return self.lm_head[...].astype(self._dtype).T
 
+  def head_weight(self) -> jax.Array:
+    """The LM head as [D, V] in the parameter dtype (the embedding's
+    transpose when tied), for losses that apply it themselves
+    (`losses.chunked_token_logprobs` casts it per chunk, so the head's
+    gradient is summed in the parameter dtype)."""
+    if not self.config.lm_head:
+      raise ValueError("this model has no LM head (it is a scalar-head model)")
+    if self.config.tie_word_embeddings:
+      return self.embed[...].T
+    return self.lm_head[...]
+
   def values(self, hidden_btd):
     """Scalar head per token: [B, T] (num_labels 1) or [B, T, num_labels]."""
     if not self.config.num_labels:
@@ -491,9 +513,7 @@ class Transformer(nnx.Module):
     if segment_ids is not None:
       mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
     sin, cos = self._sin_cos(positions)
-    step = functools.partial(block, cfg=cfg, sin=sin, cos=cos, mask_bts=mask)
-    if cfg.remat:
-      step = jax.checkpoint(step)
+    step = _remat(functools.partial(block, cfg=cfg, sin=sin, cos=cos, mask_bts=mask), cfg)
 
     def body(x, w):
       return step(x, w), None
@@ -530,8 +550,7 @@ class Transformer(nnx.Module):
     step = functools.partial(grouped_block, cfg=cfg, sin=sin, cos=cos,
                              prefix_mask_bpp=causal_p[None] & pmask[:, None, :],
                              prefix_mask_bs=pmask, mask_rtt=causal_t[None] & smask[:, None, :])
-    if cfg.remat:
-      step = jax.checkpoint(step)
+    step = _remat(step, cfg)
     x = self._embed(per_prompt(prefix_bp, suffix_rt))                  # [B, P + G·T, D]
     # Unrolled, each layer on its own weights: on the bench model the scan's
     # per-layer slicing and stacking cost ~15% of the layers' forward +

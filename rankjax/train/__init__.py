@@ -20,8 +20,8 @@ from rankjax.train._state import (TrainState, batch_sharding, create_train_state
                                   tree_shardings)
 from rankjax.train._steps import (OFFLINE, Offline, apply_grads, check_batch, compute_grads,
                                   concat_pair, dpo_loss_fn, dpo_objective, dpo_step, eval_step,
-                                  kto_loss_fn, kto_objective, kto_step, mismatched_pairs,
-                                  next_token_logits, rm_loss_fn, rm_objective, rm_step,
+                                  head_logprobs, kto_loss_fn, kto_objective, kto_step, mismatched_pairs,
+                                  next_token_hidden, next_token_logits, rm_loss_fn, rm_objective, rm_step,
                                   sequence_logps, sft_loss_fn, sft_objective, sft_step,
                                   update)
 from rankjax.train._grpo import (advantages, completion_logps, grpo_step, minibatch_order,
@@ -38,9 +38,9 @@ __all__ = [
     "LoopConfig", "MetricsWriter", "OFFLINE", "Offline", "Progress", "TrainState",
     "apply_grads", "batch_sharding", "check_batch", "compute_grads", "concat_pair",
     "create_train_state", "decay_mask", "dpo_loss_fn", "dpo_objective",
-    "dpo_step", "eval_step", "evaluate_batches", "fit", "jit_eval", "jit_step", "kto_loss_fn",
+    "dpo_step", "eval_step", "evaluate_batches", "fit", "head_logprobs", "jit_eval", "jit_step", "kto_loss_fn",
     "kto_objective", "kto_step", "make_optimizer", "make_schedule", "mismatched_pairs",
-    "next_token_logits",
+    "next_token_hidden", "next_token_logits",
     "put_batch", "reward_model_from", "rm_loss_fn", "rm_objective",
     "rm_step", "sequence_logps", "sft_loss_fn", "sft_objective", "sft_step",
     "train_loop", "tree_shardings", "update", "with_lora", "stage_dpo", "stage_grpo",

@@ -34,7 +34,7 @@ from rankjax.config import GRPOCfg
 from rankjax.train import _rollout
 from rankjax.train._rollout import RolloutSettings
 from rankjax.train._state import TrainState
-from rankjax.train._steps import apply_grads
+from rankjax.train._steps import apply_grads, head_logprobs
 
 
 def advantages(rewards_r, valid_r, hp: GRPOCfg):
@@ -59,7 +59,8 @@ def completion_logps(model, prompt_bp, prompt_mask_bp, completion_rn, completion
   Prompts are left-padded (their last slot holds the token that predicts the
   first completion token). Each prompt runs once for its group of G = R / B
   completions (`grouped_hidden_states`): the layers see B·P + R·(N − 1)
-  positions, not R·(P + N − 1).
+  positions, not R·(P + N − 1). The LM head runs `model.config.logits_chunk`
+  tokens at a time (`head_logprobs`): no [R, N, V] logits.
   """
   g = completion_rn.shape[0] // prompt_bp.shape[0]
   # The completion's last token predicts nothing that is scored.
@@ -67,10 +68,7 @@ def completion_logps(model, prompt_bp, prompt_mask_bp, completion_rn, completion
                                                  completion_mask_rn[:, :-1])
   # The prompt's last position predicts the first completion token.
   hidden = jnp.concatenate([jnp.repeat(prompt_h[:, -1:], g, axis=0), comp_h], axis=1)
-  logits = model.logits(hidden)
-  if temperature != 1.0:
-    logits = logits.astype(jnp.float32) / temperature
-  return losses.token_logprobs(logits, completion_rn)
+  return head_logprobs(model, hidden, completion_rn, temperature)
 
 
 def minibatch_order(rng, num_prompts: int, hp: GRPOCfg):

@@ -29,18 +29,16 @@ from rankjax.models import default_positions
 from rankjax.train import _rollout
 from rankjax.train._rollout import Rollout, RolloutSettings
 from rankjax.train._state import TrainState
-from rankjax.train._steps import apply_grads
+from rankjax.train._steps import apply_grads, head_logprobs
 
 
 def _forward(model, tokens, attn, p, temperature: float):
   """(completion log-probs [R, N] at `temperature`, hidden states
-  predicting them [R, N, D])."""
+  predicting them [R, N, D]); the LM head runs `model.config.logits_chunk`
+  tokens at a time (`head_logprobs`)."""
   hidden = model.hidden_states(tokens, positions=default_positions(attn), attention_mask=attn)
   h = hidden[:, p - 1: -1]
-  logits = model.logits(h)
-  if temperature != 1.0:
-    logits = logits.astype(jnp.float32) / temperature
-  return losses.token_logprobs(logits, tokens[:, p:]), h
+  return head_logprobs(model, h, tokens[:, p:], temperature), h
 
 
 def _values(policy, critic, tokens, attn, p, h_policy):

@@ -79,16 +79,28 @@ def check_batch(batch: Batch, prefixes: tuple[str, ...] = ("",),
 # ---------------------------------------------------------------------------
 
 
-def next_token_logits(model, batch: Batch, prefix: str = ""):
-  """Logits [B, T-1, V] at positions 0..T-2, predicting tokens 1..T-1.
-
-  The hidden states are cut before the LM head, so the [B, T, V] logits
-  are never built and then sliced (a full copy of the largest array).
-  """
+def next_token_hidden(model, batch: Batch, prefix: str = ""):
+  """Final hidden states [B, T-1, D] at positions 0..T-2, predicting tokens
+  1..T-1 (cut before the LM head, so no [B, T, V] logits are sliced)."""
   hidden_btd = model.hidden_states(batch[prefix + "tokens"],
                                    positions=batch.get(prefix + "positions"),
                                    segment_ids=batch.get(prefix + "segment_ids"))
-  return model.logits(hidden_btd[:, :-1])
+  return hidden_btd[:, :-1]
+
+
+def next_token_logits(model, batch: Batch, prefix: str = ""):
+  """Logits [B, T-1, V] at positions 0..T-2, predicting tokens 1..T-1
+  (the steps themselves go through `head_logprobs`, which never builds them)."""
+  return model.logits(next_token_hidden(model, batch, prefix))
+
+
+def head_logprobs(model, hidden_btd, targets_bt, temperature=1.0):
+  """log p(targets) [B, T] (float32) through the model's LM head at
+  `temperature`, `model.config.logits_chunk` tokens at a time
+  (`losses.chunked_token_logprobs`; 0 = unchunked)."""
+  return losses.chunked_token_logprobs(hidden_btd, model.head_weight(), targets_bt,
+                                       chunk_size=model.config.logits_chunk,
+                                       temperature=temperature)
 
 
 def concat_pair(batch: Batch) -> dict[str, jax.Array]:
@@ -100,7 +112,7 @@ def concat_pair(batch: Batch) -> dict[str, jax.Array]:
 
 def sequence_logps(model, batch: Batch) -> tuple[jax.Array, jax.Array]:
   """(Σ_t log p(target_t), number of targets) per row: float32[B] each."""
-  logp_bt = losses.token_logprobs(next_token_logits(model, batch), batch["tokens"][:, 1:])
+  logp_bt = head_logprobs(model, next_token_hidden(model, batch), batch["tokens"][:, 1:])
   mask_bt = batch["loss_mask"][:, 1:]
   return (losses.sequence_logprobs(logp_bt, mask_bt),
           jnp.sum(mask_bt != 0, axis=-1).astype(jnp.float32))
@@ -183,14 +195,18 @@ def eval_step(state: TrainState, batch: Batch, *, objective, hp=None):
 
 def sft_loss_fn(model, batch: Batch, *, unlikelihood_alpha: float = 0.0):
   """`losses.sft_loss` (masked next-token cross entropy, token mean) on the
-  batch's targets; `losses.token_unlikelihood_loss` when alpha > 0."""
-  logits_btv = next_token_logits(model, batch)
+  batch's targets; `losses.token_unlikelihood_loss` when alpha > 0. Both
+  run the LM head `model.config.logits_chunk` tokens at a time (their
+  `chunked_*` forms; 0 = unchunked)."""
+  hidden_btd = next_token_hidden(model, batch)
   targets_bt, mask_bt = batch["tokens"][:, 1:], batch["loss_mask"][:, 1:]
+  head_dv, chunk = model.head_weight(), model.config.logits_chunk
   if unlikelihood_alpha:
-    loss, metrics = losses.token_unlikelihood_loss(
-        logits_btv, targets_bt, mask_bt, alpha=unlikelihood_alpha)
+    loss, metrics = losses.chunked_token_unlikelihood_loss(
+        hidden_btd, head_dv, targets_bt, mask_bt, alpha=unlikelihood_alpha, chunk_size=chunk)
   else:
-    loss, metrics = losses.sft_loss(logits_btv, targets_bt, mask_bt)
+    loss, metrics = losses.chunked_sft_loss(hidden_btd, head_dv, targets_bt, mask_bt,
+                                            chunk_size=chunk)
   return loss, {**metrics, **target_metrics(batch["loss_mask"])}
 
 

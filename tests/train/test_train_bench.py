@@ -42,3 +42,14 @@ def test_flop_accounting():
   assert full["total"] == 6 * n * 128 + 3 * attn
   assert lora["total"] == 4 * n * 128 + 3 * attn
   assert dpo["total"] == full["total"] + 2 * n * 128 + attn
+
+
+def test_train_bench_compares_logits_chunks_side_by_side():
+  out = bench_train.main(["--tiny", "--repeats", "1", "--variants", "sft", "--in-process",
+                          "--logits-chunk", "0,24"])
+  rows = out["variants"]
+  assert set(rows) == {"sft/chunk0", "sft/chunk24"}
+  assert [rows[k]["logits_chunk"] for k in ("sft/chunk0", "sft/chunk24")] == [0, 24]
+  # Same weights and batch: the first step's loss does not depend on the chunking.
+  assert math.isclose(rows["sft/chunk0"]["loss"], rows["sft/chunk24"]["loss"], rel_tol=1e-5)
+  assert all(_positive(r["tokens_per_s"]) and _positive(r["peak_rss_mb"]) for r in rows.values())
