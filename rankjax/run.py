@@ -56,6 +56,7 @@ class Run:
 
 
 def build_tokenizer(cfg: Config):
+  # A .gguf model path carries its tokenizer in its metadata (load_tokenizer reads it).
   path = cfg.tokenizer.path or cfg.model.path
   return load_tokenizer(path) if path and path != "char" else CharTokenizer()
 
@@ -70,14 +71,16 @@ def model_config(cfg: Config, tokenizer) -> models.ModelConfig:
       model_type=m.family, attention_bias=m.family == "qwen2", qk_norm=m.family == "qwen3",
       tie_word_embeddings=False, max_position_embeddings=m.max_position_embeddings,
       bos_token_id=tokenizer.bos_id, eos_token_ids=tuple(tokenizer.eos_ids),
-      pad_token_id=tokenizer.pad_id, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat)
+      pad_token_id=tokenizer.pad_id, dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat,
+      remat_policy=m.remat_policy, logits_chunk=m.logits_chunk)
 
 
 def build_model(cfg: Config, tokenizer) -> models.Transformer:
   if cfg.model.path:
-    return models.from_pretrained(cfg.model.path, dtype=jnp.dtype(cfg.model.dtype),
-                                  param_dtype=jnp.dtype(cfg.model.param_dtype),
-                                  remat=cfg.model.remat)
+    load = models.from_gguf if cfg.model.path.lower().endswith(".gguf") else models.from_pretrained
+    m = cfg.model
+    return load(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
+                remat=m.remat, remat_policy=m.remat_policy, logits_chunk=m.logits_chunk)
   return models.create(model_config(cfg, tokenizer), seed=cfg.seed)
 
 

@@ -14,7 +14,9 @@ Both implement the same small surface:
 same directory (ids, decoded text, rendered chat templates, assistant masks)
 without importing transformers: training data rendered here must match what
 the model sees at inference time elsewhere, token for token. Nothing is ever
-unpickled; only JSON and Jinja files are read.
+unpickled; only JSON and Jinja files are read. `HFTokenizer.from_gguf` builds
+the same kind of tokenizer from a llama.cpp GGUF file's metadata (no
+tokenizer.json needed).
 """
 
 from __future__ import annotations
@@ -523,9 +525,78 @@ class HFTokenizer:
     out.source_dir = path
     return out
 
+  @classmethod
+  def from_gguf(cls, path: str | os.PathLike) -> "HFTokenizer":
+    """Builds the tokenizer a llama.cpp GGUF file describes in its metadata.
+
+    Byte-level BPE vocabularies (`tokenizer.ggml.model` "gpt2": Llama 3,
+    Qwen, SmolLM) are supported, built as transformers' GGUF loader builds
+    them (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`), so ids and
+    chat renderings equal its. The chat template, BOS/EOS/pad and
+    end-of-turn ids come from the same metadata.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+      raise TokenizerNotFoundError(f"HFTokenizer: no such GGUF file {path!r}")
+    meta = _read_gguf_tokenizer_metadata(path)
+    tok = _gguf_byte_level_bpe(meta, path)
+    tokens = meta["tokenizer.ggml.tokens"]
+    special = {}
+    for name, key in _GGUF_SPECIAL_IDS.items():
+      i = meta.get(f"tokenizer.ggml.{key}")
+      if i is not None and 0 <= i < len(tokens):
+        special[name] = tokens[i]
+    # Named special tokens stay whole, like the ones the file marks control.
+    tok.add_special_tokens([tokenizers.AddedToken(t, normalized=False, special=True)
+                            for t in special.values() if tok.token_to_id(t) is not None])
+    flags = {k: bool(meta.get(f"tokenizer.ggml.{k}", False))
+             for k in ("add_bos_token", "add_eos_token")}
+    tok.post_processor = _gguf_post_processor(
+        tok, special.get("bos_token") if flags["add_bos_token"] else None,
+        special.get("eos_token") if flags["add_eos_token"] else None)
+    # llama.cpp stops on end-of-turn/message tokens too (Llama 3's <|eot_id|>).
+    extra_eos = [meta[f"tokenizer.ggml.{k}_token_id"] for k in ("eot", "eom")
+                 if f"tokenizer.ggml.{k}_token_id" in meta]
+    templates = {name[len("tokenizer.chat_template."):]: t for name, t in meta.items()
+                 if name.startswith("tokenizer.chat_template.")}
+    if "tokenizer.chat_template" in meta:
+      templates["default"] = meta["tokenizer.chat_template"]
+    try:
+      out = cls(tok, special_tokens=special, extra_eos_ids=extra_eos, chat_templates=templates)
+    except TokenizerError as e:
+      raise TokenizerError(f"{path}: {e}") from None
+    out.source_gguf = path
+    out._gguf_flags = flags
+    return out
+
+  def _write_tokenizer_files(self, path: str) -> None:
+    """Writes tokenizer.json, tokenizer_config.json and the chat templates
+    of a tokenizer built in memory (from a GGUF file)."""
+    os.makedirs(path, exist_ok=True)
+    self._tok.save(os.path.join(path, "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **self._special,
+              **getattr(self, "_gguf_flags", {}), "clean_up_tokenization_spaces": False}
+    with open(os.path.join(path, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+      json.dump(config, f, indent=2, ensure_ascii=False)
+    for name, template in self.chat_templates.items():
+      target = (os.path.join(path, "chat_template.jinja") if name == "default" else
+                os.path.join(path, "additional_chat_templates", f"{name}.jinja"))
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      with open(target, "w", encoding="utf-8") as f:
+        f.write(template)
+    # Further EOS ids live in generation_config.json (read back by from_dir).
+    gen = os.path.join(path, "generation_config.json")
+    if len(self.eos_ids) > 1 and not os.path.exists(gen):
+      with open(gen, "w", encoding="utf-8") as f:
+        json.dump({"eos_token_id": list(self.eos_ids)}, f, indent=2)
+
   def save(self, path: str | os.PathLike) -> None:
     """Copies the tokenizer files it was loaded from into `path` (a model
-    export), so the export loads on its own."""
+    export), so the export loads on its own; one built from a GGUF file
+    writes them."""
+    if getattr(self, "source_gguf", None):
+      self._write_tokenizer_files(os.fspath(path))
+      return
     if not getattr(self, "source_dir", None):
       raise ValueError("HFTokenizer.save: this tokenizer was not loaded from a "
                        "directory (HFTokenizer.from_dir); there are no files to copy")
@@ -628,6 +699,102 @@ class HFTokenizer:
     return enc.ids
 
 
+# ---------------------------------------------------------------------------
+# GGUF files (llama.cpp): the tokenizer from the metadata.
+# ---------------------------------------------------------------------------
+
+# llama.cpp token types (`tokenizer.ggml.token_type`).
+_GGUF_CONTROL, _GGUF_USER_DEFINED = 3, 4
+_GGUF_SPECIAL_IDS = {"bos_token": "bos_token_id", "eos_token": "eos_token_id",
+                     "unk_token": "unknown_token_id", "pad_token": "padding_token_id"}
+# The split regex of the tokenizer.json a vocabulary was trained with, by
+# `tokenizer.ggml.pre`; any other value gets GPT-2's (ByteLevel's own), as in
+# transformers' GGUF loader.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_QWEN2_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_GGUF_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3": _LLAMA3_SPLIT,
+                "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT,
+                "deepseek-r1-qwen": _QWEN2_SPLIT}
+
+
+def _read_gguf_tokenizer_metadata(path: str) -> dict[str, Any]:
+  """The `tokenizer.*` metadata of a GGUF file (arrays as lists)."""
+  try:
+    import gguf  # pylint: disable=import-outside-toplevel
+  except ImportError as e:
+    raise ImportError("reading GGUF files needs the gguf package: pip install gguf") from e
+  try:
+    reader = gguf.GGUFReader(path)
+  except (ValueError, KeyError, IndexError) as e:
+    raise TokenizerError(f"{path}: cannot be read as GGUF ({type(e).__name__}: {e})") from e
+  return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_alphabet() -> dict[int, str]:
+  """GPT-2's printable spelling of each byte (byte-level BPE vocabularies)."""
+  printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+  spelling = {b: chr(b) for b in printable}
+  others = (b for b in range(256) if b not in spelling)
+  spelling.update({b: chr(256 + n) for n, b in enumerate(others)})
+  return spelling
+
+
+def _gguf_byte_level_bpe(meta: Mapping[str, Any], path: str) -> tokenizers.Tokenizer:
+  """The byte-level BPE backend of a "gpt2" GGUF vocabulary."""
+  kind = meta.get("tokenizer.ggml.model")
+  if kind != "gpt2":
+    raise TokenizerError(
+        f"{path}: tokenizer.ggml.model {kind!r} is not supported (only 'gpt2', byte-level "
+        "BPE); pass a directory with tokenizer.json as --config.tokenizer.path")
+  if "tokenizer.ggml.tokens" not in meta or "tokenizer.ggml.merges" not in meta:
+    raise TokenizerError(f"{path}: no tokenizer.ggml.tokens / tokenizer.ggml.merges")
+  tokens = meta["tokenizer.ggml.tokens"]
+  spelling = _byte_alphabet()
+  alphabet = set(spelling.values())
+  # A token outside the byte alphabet is one llama.cpp wrote as plain text:
+  # respell it byte by byte (transformers does the same).
+  vocab = {t if set(t) <= alphabet else "".join(spelling[b] for b in t.encode("utf-8")): i
+           for i, t in enumerate(tokens)}
+  merges = [tuple(m.split(" ")) for m in meta["tokenizer.ggml.merges"]]
+  tok = tokenizers.Tokenizer(tokenizers.models.BPE(
+      vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+      end_of_word_suffix="", fuse_unk=False))
+  split = _GGUF_SPLITS.get(meta.get("tokenizer.ggml.pre"))
+  if split is None:
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  else:
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(split), behavior="isolated"),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.decoder = tokenizers.decoders.ByteLevel()
+  types = meta.get("tokenizer.ggml.token_type") or ()
+  # Control tokens (<|im_start|>) are special; user-defined ones (<think>)
+  # are added but not special. Either way they are matched whole in text. A
+  # "control" token outside the byte alphabet is a mislabel, and is skipped.
+  tok.add_special_tokens([tokenizers.AddedToken(t, normalized=False, special=True)
+                          for t, k in zip(tokens, types)
+                          if k == _GGUF_CONTROL and set(t) <= alphabet])
+  tok.add_tokens([tokenizers.AddedToken(t, normalized=False, special=False)
+                  for t, k in zip(tokens, types) if k == _GGUF_USER_DEFINED and t in vocab])
+  return tok
+
+
+def _gguf_post_processor(tok: tokenizers.Tokenizer, bos: str | None, eos: str | None):
+  """What `encode(add_bos=True)` adds: BOS/EOS where the file asks for them
+  (`tokenizer.ggml.add_bos_token` / `add_eos_token`)."""
+  head = f"{bos}:0 " if bos else ""
+  single = f"{head}$A:0{f' {eos}:0' if eos else ''}"
+  pair = f"{single}{f' {bos}:1' if bos else ''} $B:1{f' {eos}:1' if eos else ''}"
+  special = [(t, tok.token_to_id(t)) for t in (bos, eos) if t]
+  return tokenizers.processors.TemplateProcessing(single=single, pair=pair,
+                                                  special_tokens=special)
+
+
 def _clean_up_spaces(text: str) -> str:
   """transformers' `clean_up_tokenization` (WordPiece-era decode clean-up)."""
   for old, new in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","),
@@ -639,7 +806,10 @@ def _clean_up_spaces(text: str) -> str:
 
 def load_tokenizer(path: str | os.PathLike) -> HFTokenizer | CharTokenizer:
   """Loads the tokenizer saved in directory `path`: a Hugging Face one, or
-  the built-in character tokenizer where an export says so."""
+  the built-in character tokenizer where an export says so; or the one in
+  the metadata of a `.gguf` file."""
+  if os.fspath(path).lower().endswith(".gguf"):
+    return HFTokenizer.from_gguf(path)
   marker = os.path.join(os.fspath(path), _CHAR_MARKER)
   if os.path.isfile(marker):
     spec = _read_json(marker)

@@ -3,6 +3,8 @@
 Only safetensors are read: nothing is ever unpickled. The mapping between HF
 tensor names and rankjax parameters is one table; each entry says how the
 HF `[out, in]` Linear layout is reshaped into the einsum layout used here.
+`from_hf_tensors` is the one assembly path from HF-named arrays to a
+Transformer; GGUF files (`_gguf.py`) reach it too.
 """
 
 from __future__ import annotations
@@ -31,19 +33,22 @@ class CheckpointError(UserInputError):
 # Weights that only torch.load (pickle) reads.
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 _INDEX = "model.safetensors.index.json"
+_GGUF_MAGIC = b"GGUF"
 
 
 def check_checkpoint_dir(path: str | os.PathLike) -> Path:
-  """Checks that `path` is a directory `from_pretrained` can read: it
-  exists, holds config.json and safetensors weights (pickled weights are
-  refused, never loaded). Cheap: no tensor is opened. Run it before anything
-  else reads the directory (the tokenizer), so the error names the real
-  problem.
+  """Checks that `path` is a checkpoint rankjax can read: a directory that
+  holds config.json and safetensors weights (pickled weights are refused,
+  never loaded), or a `.gguf` file (`from_gguf`). Cheap: no tensor is
+  opened. Run it before anything else reads the checkpoint (the tokenizer),
+  so the error names the real problem.
 
   Raises:
-    CheckpointError: naming the directory and what is missing.
+    CheckpointError: naming the path and what is missing.
   """
   path = Path(path)
+  if path.suffix.lower() == ".gguf":
+    return _check_gguf_file(path)
   if not path.is_dir():
     raise CheckpointError(f"{path}: no such directory (expected a Hugging Face model directory)")
   if not (path / _INDEX).exists() and not any(path.glob("*.safetensors")):
@@ -54,9 +59,22 @@ def check_checkpoint_dir(path: str | os.PathLike) -> Path:
           "never loaded (rankjax reads safetensors only and never unpickles). Convert once "
           "with transformers: AutoModelForCausalLM.from_pretrained(dir)"
           ".save_pretrained(out_dir, safe_serialization=True)")
-    raise CheckpointError(f"{path}: no *.safetensors files")
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    hint = f" (found {', '.join(ggufs)}: pass the .gguf file itself)" if ggufs else ""
+    raise CheckpointError(f"{path}: no *.safetensors files{hint}")
   if not (path / "config.json").exists():
     raise CheckpointError(f"{path}: no config.json (expected a Hugging Face model directory)")
+  return path
+
+
+def _check_gguf_file(path: Path) -> Path:
+  if not path.is_file():
+    raise CheckpointError(f"{path}: no such file (expected a GGUF file)")
+  with open(path, "rb") as f:
+    magic = f.read(4)
+  if magic != _GGUF_MAGIC:
+    raise CheckpointError(
+        f"{path}: not a GGUF file (it starts with {magic!r}, not {_GGUF_MAGIC!r})")
   return path
 
 
@@ -176,6 +194,13 @@ def load_config(path: str | os.PathLike, **overrides) -> ModelConfig:
     raise CheckpointError(f"{cfg_file}: {e}") from e
 
 
+def dtype_overrides(dtype, param_dtype, overrides: dict) -> dict:
+  """ModelConfig overrides for a compute dtype and an optional parameter
+  dtype (default: the compute dtype)."""
+  dtype = jnp.dtype(dtype).name
+  return dict(overrides, dtype=dtype, param_dtype=jnp.dtype(param_dtype or dtype).name)
+
+
 def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, *,
                     param_dtype=None, num_labels: int | None = None,
                     seed: int = 0, **overrides) -> Transformer:
@@ -185,14 +210,27 @@ def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, *,
   num_labels: add a freshly initialised scalar head to a causal LM (e.g. a
     reward model or critic initialised from an SFT model).
   """
+  if Path(path).suffix.lower() == ".gguf":
+    raise CheckpointError(f"{path}: a GGUF file; load it with models.from_gguf")
   path = check_checkpoint_dir(path)
-  dtype = jnp.dtype(dtype).name
-  overrides.update(dtype=dtype, param_dtype=jnp.dtype(param_dtype or dtype).name)
-  cfg = load_config(path, **overrides)
+  cfg = load_config(path, **dtype_overrides(dtype, param_dtype, overrides))
+  return from_hf_tensors(cfg, _TensorReader(path), path, num_labels=num_labels, seed=seed)
+
+
+def from_hf_tensors(cfg: ModelConfig, reader, source: str | os.PathLike, *,
+                    num_labels: int | None = None, seed: int = 0) -> Transformer:
+  """Builds the Transformer for `cfg` from HF-named arrays.
+
+  The one assembly path for every checkpoint format: `reader` has
+  `names() -> set[str]` (HF tensor names, e.g. `model.layers.0.mlp.up_proj.weight`)
+  and `get(name) -> np.ndarray` in the HF layout. Each tensor is read once,
+  reshaped by the name table and cast to `cfg.param_dtype`; missing,
+  misshapen and unexpected tensors raise CheckpointError naming `source`.
+  """
   fresh_head = num_labels is not None and cfg.num_labels == 0
   if fresh_head:
     cfg = cfg.replace(num_labels=num_labels)
-  reader = _TensorReader(path)
+  names = reader.names()
   abstract = create_abstract(cfg)
   graphdef, state = nnx.split(abstract)
   pure = nnx.to_pure_dict(state)
@@ -205,19 +243,19 @@ def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, *,
   for hf_name, ours, kind, layer in _entries(pure, cfg):
     if ours == ("score",) and fresh_head:
       continue
-    if hf_name not in reader.files:
+    if hf_name not in names:
       if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
         continue
       raise CheckpointError(
-          f"{path}: missing tensor {hf_name!r} for {cfg.model_type} "
+          f"{source}: missing tensor {hf_name!r} for {cfg.model_type} "
           f"(rankjax parameter {'/'.join(ours)})")
     target = pure[ours[0]] if len(ours) == 1 else pure[ours[0]][ours[1]]
     shape = tuple(target.shape[1:]) if layer is not None else tuple(target.shape)
     x = reader.get(hf_name)
     want = _expected_hf_shape(shape, kind)
     if tuple(x.shape) != want:
-      raise CheckpointError(f"{path}: tensor {hf_name!r} has shape {tuple(x.shape)}, "
-                            f"expected {want} for this config.json")
+      raise CheckpointError(f"{source}: tensor {hf_name!r} has shape {tuple(x.shape)}, "
+                            f"expected {want} for this config")
     used.add(hf_name)
     value = _to_ours(x, kind, shape).astype(_np_dtype(cfg.param_dtype))
     if layer is None:
@@ -229,11 +267,11 @@ def from_pretrained(path: str | os.PathLike, dtype=jnp.float32, *,
   # Tied checkpoints sometimes still carry lm_head.weight: accept it silently
   # only if it equals the embedding (it is then the same tensor).
   ignorable = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-  unexpected = {n for n in reader.names() - used - ignorable
+  unexpected = {n for n in names - used - ignorable
                 if not n.endswith("rotary_emb.inv_freq")}
   if unexpected:
     raise CheckpointError(
-        f"{path}: unexpected tensors for {cfg.model_type} "
+        f"{source}: unexpected tensors for {cfg.model_type} "
         f"({'causal LM' if cfg.lm_head else 'sequence classification'}): "
         f"{', '.join(sorted(unexpected)[:8])}{' ...' if len(unexpected) > 8 else ''}")
   for ours, value in stacks.items():
