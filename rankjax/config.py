@@ -25,8 +25,9 @@ class ConfigError(UserInputError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelCfg:
-  """The policy. `path` loads a Hugging Face directory; otherwise a model is
-  built from scratch with the fields below (the built-in tasks)."""
+  """The policy. `path` loads a Hugging Face directory (config.json +
+  *.safetensors) or a GGUF file (`*.gguf`, its tokenizer included);
+  otherwise a model is built from scratch with the fields below."""
   path: str = ""
   family: Literal["llama", "qwen2", "qwen3"] = "llama"
   hidden_size: int = 128
