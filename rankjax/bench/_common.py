@@ -14,6 +14,7 @@ computation and before torch starts its pool: `python -m rankjax.bench` does.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import resource
@@ -244,3 +245,12 @@ def check_targets(fractions: Mapping[str, float],
   return {key: {"measured": fractions[key], "target": minimum, "what": what,
                 "pass": bool(fractions[key] >= minimum)}
           for key, minimum, what in targets if key in fractions}
+
+
+def missing(modules: Sequence[str], extra: str) -> str | None:
+  """None when every module is importable, else which are missing and the
+  extra that installs them (the comparisons' dependencies are optional)."""
+  absent = [m for m in modules if importlib.util.find_spec(m) is None]
+  if not absent:
+    return None
+  return f"{', '.join(absent)} not installed: pip install -e '.[{extra}]'"

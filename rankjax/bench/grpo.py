@@ -347,6 +347,10 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
 # ---------------------------------------------------------------------------
 
 
+# What the TRL comparison imports (the `bench` extra installs them).
+TRL_MODULES = ("datasets", "torch", "transformers", "trl")
+
+
 def word_tokenizer(vocab: int):
   """A transformers tokenizer whose word `<i>` is token i (no special
   tokens added): TRL then sees exactly rankjax's prompt ids. (Delimited
@@ -464,14 +468,6 @@ def _trl_spec(model_dir: str, out_dir: str, prompts: np.ndarray, cfg, w: Workloa
           "repeats": args.repeats, "seed": args.seed, "threads": threads}
 
 
-def trl_available() -> bool:
-  try:
-    import trl  # noqa: F401
-  except ImportError:
-    return False
-  return True
-
-
 def run_trl_child(spec: dict[str, Any], tmp: str) -> dict[str, Any]:
   """`run_trl` in a fresh interpreter with the same thread pinning."""
   path = os.path.join(tmp, "trl_spec.json")
@@ -522,19 +518,18 @@ def report(r: dict[str, Any]) -> str:
           f"{w['group']} completions x {w['new_tokens']} new tokens (forced), prompt "
           f"{w['prompt_len']}, mu={NUM_ITERATIONS}, beta={BETA}, {m['threads']} threads, "
           f"matmul peak {m['matmul_gflops']:.1f} GFLOP/s")
-  not_run = "not installed" if r["trl_status"] == "not installed" else r["trl_status"]
   def row(name, res):
     return [name, res["seconds_per_step"], res["step"]["cpu_median_s"],
             res["step"]["compile_s"], res["peak_rss_mb"]]
 
-  rows = [row("rankjax", rj), row("TRL", trl) if trl else ["TRL", not_run, "-", "-", "-"]]
+  rows = [row("rankjax", rj), row("TRL", trl) if trl else ["TRL", r["trl_status"], "-", "-", "-"]]
   # CPU seconds (all threads) tell load from other processes apart: on a
   # shared machine wall >> CPU / threads means the step waited for a core.
   systems = _common.format_table(rows, ["system", "s/step", "CPU s/step", "1st-step extra s",
                                         "peak RSS MB"])
   f = r["fractions"]
   ratio = (f"TRL / rankjax: {f['vs_trl']:.2f}x" if "vs_trl" in f
-           else f"TRL / rankjax: - (TRL {not_run})")
+           else f"TRL / rankjax: - (TRL {r['trl_status']})")
   fl = r["floor"]["floor"]
   split_rows = [["rankjax (pieces jitted apart)", *[rj["split_s"][p] for p in PIECES],
                  rj["pieces_sum_s"], rj["seconds_per_step"]],
@@ -575,13 +570,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rj = run_rankjax(cfg, w, prompts, args, peaks, None if args.no_trl else model_dir)
     trl_res, trl_status = None, "skipped (--no-trl)"
     if not args.no_trl:
-      if trl_available():
+      absent = _common.missing(TRL_MODULES, "bench")
+      if absent is None:
         _common.log("TRL: GRPOTrainer in a subprocess")
         trl_res = run_trl_child(_trl_spec(model_dir, os.path.join(tmp, "trl"), prompts, cfg,
                                           w, args, threads["threads"]), tmp)
         trl_status = "ran"
       else:
-        trl_status = "not installed"
+        _common.log(f"TRL comparison skipped: {absent}")
+        trl_status = f"not installed ({absent})"
   peak = max(peaks)
   machine = dict(threads, matmul_gflops=peak, matmul_probes_gflops=peaks)
   result = {

@@ -475,6 +475,9 @@ def _target_table(targets: dict) -> str:
 
 def main(argv=None) -> dict[str, Any]:
   args = parse_args(argv)
+  absent = None if args.no_transformers else _common.missing(("torch", "transformers"), "bench")
+  if absent:
+    raise SystemExit(f"the transformers comparison needs {absent} (or pass --no-transformers)")
   threads = _common.pin_threads(args.threads)
   cfg, w = model_config(args), workload(args)
   model = random_model(cfg, args.seed)
