@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import transformers
 
@@ -44,3 +45,13 @@ def make_hf_model(family: str, seed: int = 0, classifier: bool = False, **overri
       else:
         p.copy_(0.05 * torch.randn_like(p))
   return model
+
+
+def hf_logits(hf, tokens, mask):
+  """float32 logits of a transformers model on right- or left-padded rows,
+  positions counted over the mask (as rankjax's default positions)."""
+  pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
+  with torch.no_grad():
+    out = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
+             position_ids=torch.tensor(pos))
+  return out.logits.float().numpy()

@@ -21,7 +21,7 @@ import torch
 import transformers
 from gguf import GGMLQuantizationType as Q
 
-from hf_reference import make_hf_model
+from hf_reference import hf_logits, make_hf_model
 from rankjax import config as config_lib
 from rankjax import models, run, sampling, testing
 from rankjax.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
@@ -73,14 +73,6 @@ def _batch(rows):
   return tokens, mask
 
 
-def _hf_logits(hf, tokens, mask):
-  pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
-  with torch.no_grad():
-    out = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
-             position_ids=torch.tensor(pos))
-  return out.logits.float().numpy()
-
-
 def _max_diff(model, ref, tokens, mask):
   out = np.asarray(model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
   return float(np.abs(out - ref)[mask.astype(bool)].max())
@@ -128,7 +120,7 @@ def test_smollm_config(smollm):
 
 def test_smollm_logits_match_transformers(smollm, smollm_hf, batch):
   tokens, mask = batch
-  diff = _max_diff(smollm, _hf_logits(smollm_hf, tokens, mask), tokens, mask)
+  diff = _max_diff(smollm, hf_logits(smollm_hf, tokens, mask), tokens, mask)
   print(f"SmolLM2 GGUF: max |logit diff| vs transformers = {diff:.2e}")
   assert diff <= LOGIT_TOL, f"max |logit diff| vs transformers' GGUF load = {diff:.3e}"
 
@@ -175,7 +167,7 @@ def test_smollm_export_loads_in_transformers(smollm, tok, batch, tmp_path):
   tok.save(tmp_path)
   hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval()
   tokens, mask = batch
-  diff = _max_diff(smollm, _hf_logits(hf, tokens, mask), tokens, mask)
+  diff = _max_diff(smollm, hf_logits(hf, tokens, mask), tokens, mask)
   print(f"SmolLM2 export: max |logit diff| vs transformers = {diff:.2e}")
   assert diff <= LOGIT_TOL, f"max |logit diff| after save_pretrained = {diff:.3e}"
   hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
@@ -340,7 +332,7 @@ def test_tiny_file_matches_hf_model(case, tmp_path):
     assert got.rope == cfg.rope
   assert (got.rope.theta, got.rope.rope_type) == (cfg.rope.theta, cfg.rope.rope_type)
   tokens, mask = _batch([[5, 9, 3, 40, 77, 12, 100], [7, 8, 9]])
-  diff = _max_diff(model, _hf_logits(hf, tokens, mask), tokens, mask)
+  diff = _max_diff(model, hf_logits(hf, tokens, mask), tokens, mask)
   assert diff < 1e-4, f"{case}: max |logit diff| = {diff:.2e}"
 
 
@@ -361,7 +353,7 @@ def test_tensor_types_match_transformers(tmp_path):
   ref = transformers.AutoModelForCausalLM.from_pretrained(
       tmp_path, gguf_file="types.gguf", dtype=torch.float32).eval()
   tokens, mask = _batch([[5, 9, 3, 40, 77, 12, 100, 200, 255], [7, 8, 9]])
-  diff = _max_diff(model, _hf_logits(ref, tokens, mask), tokens, mask)
+  diff = _max_diff(model, hf_logits(ref, tokens, mask), tokens, mask)
   assert diff < 1e-4, f"max |logit diff| vs transformers = {diff:.2e}"
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from hf_reference import make_hf_model
+from hf_reference import hf_logits, make_hf_model
 from rankjax import models, testing
 
 FAMILIES = testing.FAMILIES
@@ -30,14 +30,6 @@ def _ragged_batch(seed=0, lengths=(23, 40, 7), vocab=128, left=False):
   return tokens, mask
 
 
-def _hf_logits(hf, tokens, mask):
-  pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
-  with torch.no_grad():
-    out = hf(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(mask),
-             position_ids=torch.tensor(pos))
-  return out.logits.numpy()
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def hf_pair(request, tmp_path_factory):
   family = request.param
@@ -51,7 +43,7 @@ def hf_pair(request, tmp_path_factory):
 def test_logits_match_transformers(hf_pair, left):
   family, hf, _, model = hf_pair
   tokens, mask = _ragged_batch(left=left)
-  ref = _hf_logits(hf, tokens, mask)
+  ref = hf_logits(hf, tokens, mask)
   out = np.asarray(model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
   valid = mask.astype(bool)
   diff = np.abs(out - ref)[valid].max()
@@ -134,7 +126,7 @@ def test_round_trip_transformers_loads_our_export(hf_pair, tmp_path):
   models.save_pretrained(model, tmp_path)
   back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
   tokens, mask = _ragged_batch(seed=7)
-  np.testing.assert_allclose(_hf_logits(back, tokens, mask), _hf_logits(hf, tokens, mask),
+  np.testing.assert_allclose(hf_logits(back, tokens, mask), hf_logits(hf, tokens, mask),
                              atol=1e-6)
 
 
