@@ -135,6 +135,7 @@ class DPOCfg:
   reference_free: bool = False
   sft_weight: float = 0.0
   precompute_ref: bool = False
+  simpo_gamma: float = 0.5         # SimPO's target margin γ (loss_type "simpo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +176,31 @@ class GRPOCfg:
   mask_truncated: bool = False
   rewards: tuple[str, ...] = ("correct",)
   reward_weights: tuple[float, ...] = ()
+  # What the update minimises: "clipped" (the clipped surrogate on group
+  # advantages) and/or listwise losses (`rankjax.losses.LISTWISE_LOSS_TYPES`:
+  # each group ranked by reward, the loss on the implicit rewards
+  # listwise_beta * log(pi/pi_ref) of its sequences), summed with
+  # objective_weights (default 1 each). A listwise term needs the
+  # reference forward.
+  objective: tuple[str, ...] = ("clipped",)
+  objective_weights: tuple[float, ...] = ()
+  listwise_beta: float = 0.1
+  listwise_target_temperature: float = 1.0   # the "softmax" loss's target softmax(r / t)
+
+
+@dataclasses.dataclass(frozen=True)
+class ListwiseCfg:
+  """Offline listwise preference optimisation on ranked lists
+  ({prompt, completions, scores}; preference pairs are lists of two)."""
+  steps: int = 200
+  beta: float = 0.1
+  loss_type: tuple[str, ...] = ("plackett_luce",)
+  loss_weights: tuple[float, ...] = ()
+  target_temperature: float = 1.0  # the "softmax" loss's target softmax(scores / t); 0 = argmax
+  reference_free: bool = False
+  # Completions per list (K): shorter lists are padded and masked; longer
+  # ones are a data error. The built-in tasks make lists of this size.
+  list_size: int = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +243,10 @@ class EvalCfg:
   # A task without a verifier counts a sample correct when the run's first
   # reward function gives it at least this.
   pass_threshold: float = 1.0
+  # Soft best-of-N: resample the N samples with weights softmax(r / beta),
+  # r = the GRPO rewards, i.e. sample pi * exp(r / beta) approximately (the
+  # target KL-regularised training tilts toward). 0 = grpo.listwise_beta.
+  tilt_beta: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +290,7 @@ class Config:
   kto: KTOCfg = KTOCfg()
   grpo: GRPOCfg = GRPOCfg()
   ppo: PPOCfg = PPOCfg()
+  listwise: ListwiseCfg = ListwiseCfg()
   sample: SampleCfg = SampleCfg()
   eval: EvalCfg = EvalCfg()
   self_improve: SelfImproveCfg = SelfImproveCfg()
@@ -269,26 +300,28 @@ class Config:
 
 # The pipeline's vocabulary; `rankjax.run.STAGES` maps each name to its
 # function (and checks at import that the two agree).
-STAGES = ("generate", "sft", "rm", "dpo", "kto", "grpo", "ppo", "eval", "rerank",
-          "star", "iterative_dpo")
+STAGES = ("generate", "sft", "rm", "dpo", "kto", "listwise", "grpo", "ppo", "eval",
+          "rerank", "star", "iterative_dpo")
 
 # -- validation ----------------------------------------------------------------
 
 _POSITIVE = {
     "data.batch_size", "data.max_length", "data.max_prompt_length", "optim.grad_accum_steps",
     "sample.max_new_tokens", "grpo.group_size", "grpo.num_prompts", "grpo.num_iterations",
-    "grpo.num_minibatches", "ppo.num_prompts", "ppo.num_epochs", "ppo.num_minibatches",
+    "grpo.num_minibatches", "grpo.listwise_beta", "listwise.beta", "listwise.list_size",
+    "ppo.num_prompts", "ppo.num_epochs", "ppo.num_minibatches",
     "eval.num_samples", "self_improve.num_prompts", "self_improve.num_samples",
     "self_improve.train_steps", "model.hidden_size", "model.num_layers", "model.num_heads",
     "model.num_kv_heads", "model.head_dim", "model.intermediate_size", "checkpoint.keep",
 }
 _NON_NEGATIVE = {
-    "sft.steps", "rm.steps", "dpo.steps", "kto.steps", "grpo.steps", "ppo.steps",
+    "sft.steps", "rm.steps", "dpo.steps", "kto.steps", "listwise.steps", "grpo.steps", "ppo.steps",
     "optim.warmup_steps", "optim.weight_decay", "optim.max_grad_norm", "grpo.beta",
     "sample.temperature", "sample.top_k", "model.lora_rank", "model.logits_chunk",
     "checkpoint.every",
     "log_every", "eval_every", "data.num_train", "data.num_eval", "eval.temperature",
     "grpo.learning_rate", "ppo.learning_rate", "self_improve.iterations",
+    "grpo.listwise_target_temperature", "listwise.target_temperature", "eval.tilt_beta",
 }
 
 
@@ -330,6 +363,23 @@ def validate(cfg: Config) -> Config:
          f"unknown {unknown}; expected names from {', '.join(DPO_LOSS_TYPES)}")
   _check(not cfg.dpo.loss_weights or len(cfg.dpo.loss_weights) == len(cfg.dpo.loss_type),
          "dpo.loss_weights", "must have one weight per loss type")
+  from rankjax.losses import LISTWISE_LOSS_TYPES
+  unknown = [t for t in cfg.listwise.loss_type if t not in LISTWISE_LOSS_TYPES]
+  _check(cfg.listwise.loss_type and not unknown, "listwise.loss_type",
+         f"unknown {unknown or 'empty'}; expected names from {', '.join(LISTWISE_LOSS_TYPES)}")
+  _check(not cfg.listwise.loss_weights
+         or len(cfg.listwise.loss_weights) == len(cfg.listwise.loss_type),
+         "listwise.loss_weights", "must have one weight per loss type")
+  _check(cfg.listwise.list_size >= 2, "listwise.list_size", "must be >= 2 (a list ranks two or more)")
+  objectives = ("clipped", *LISTWISE_LOSS_TYPES)
+  unknown = [t for t in cfg.grpo.objective if t not in objectives]
+  _check(cfg.grpo.objective and not unknown, "grpo.objective",
+         f"unknown {unknown or 'empty'}; expected names from {', '.join(objectives)}")
+  _check(len(set(cfg.grpo.objective)) == len(cfg.grpo.objective), "grpo.objective",
+         "names an objective twice")
+  _check(not cfg.grpo.objective_weights
+         or len(cfg.grpo.objective_weights) == len(cfg.grpo.objective),
+         "grpo.objective_weights", "must have one weight per objective")
   _check(cfg.data.max_prompt_length <= cfg.data.max_length, "data.max_prompt_length",
          "must be <= data.max_length")
   _check(cfg.model.lora_rank == 0 or cfg.model.lora_alpha > 0, "model.lora_alpha", "must be > 0")

@@ -103,7 +103,8 @@ def _stage_table() -> dict[str, Callable[[Run], None]]:
   from rankjax import improve, inference, train
   return {"generate": stage_generate,
           "sft": train.stage_sft, "rm": train.stage_rm, "dpo": train.stage_dpo,
-          "kto": train.stage_kto, "grpo": train.stage_grpo, "ppo": train.stage_ppo,
+          "kto": train.stage_kto, "listwise": train.stage_listwise,
+          "grpo": train.stage_grpo, "ppo": train.stage_ppo,
           "eval": inference.stage_eval, "rerank": inference.stage_rerank,
           "star": improve.stage_star, "iterative_dpo": improve.stage_iterative_dpo}
 

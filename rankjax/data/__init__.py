@@ -24,11 +24,14 @@ from rankjax.data._formats import PROMPT_COMPLETION
 from rankjax.data._formats import PROMPT_ONLY
 from rankjax.data._formats import PromptCompletionRecord
 from rankjax.data._formats import PromptRecord
+from rankjax.data._formats import RANKED
+from rankjax.data._formats import RankedRecord
 from rankjax.data._formats import tokenize
 from rankjax.data._formats import tokenize_lm
 from rankjax.data._formats import tokenize_preference
 from rankjax.data._formats import tokenize_prompt
 from rankjax.data._formats import tokenize_prompt_completion
+from rankjax.data._formats import tokenize_ranked
 from rankjax.data._formats import tokenize_unpaired
 from rankjax.data._formats import UNPAIRED_PREFERENCE
 from rankjax.data._formats import UnpairedRecord

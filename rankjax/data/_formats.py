@@ -7,6 +7,9 @@ A raw row is a dict. Its keys decide the format:
   prompt_completion    {prompt, completion}
   preference           {[prompt,] chosen, rejected[, margin]}
   unpaired_preference  {prompt, completion, label}
+  ranked               {prompt, completions, scores}   K >= 2 completions,
+                                                       one score each (higher
+                                                       = better; ties allowed)
 
 Every text field is a string or a list of `{role, content}` messages; message
 lists are rendered with the tokenizer's chat template, strings are encoded
@@ -44,10 +47,12 @@ PROMPT_ONLY = "prompt_only"
 PROMPT_COMPLETION = "prompt_completion"
 PREFERENCE = "preference"
 UNPAIRED_PREFERENCE = "unpaired_preference"
+RANKED = "ranked"
 
 # (format, the keys that identify it), in detection order: the most specific
 # key sets first, because a preference row also has a `prompt`.
 FORMATS: tuple[tuple[str, str], ...] = (
+    (RANKED, "{prompt, completions, scores}"),
     (PREFERENCE, "{[prompt,] chosen, rejected[, margin]}"),
     (UNPAIRED_PREFERENCE, "{prompt, completion, label}"),
     (PROMPT_COMPLETION, "{prompt, completion}"),
@@ -129,8 +134,15 @@ class UnpairedRecord:
   label: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class RankedRecord:
+  prompt: Text
+  completions: tuple[Text, ...]
+  scores: tuple[float, ...]
+
+
 Record = (LMRecord | PromptRecord | PromptCompletionRecord | PreferenceRecord
-          | UnpairedRecord)
+          | UnpairedRecord | RankedRecord)
 
 
 # ---------------------------------------------------------------------------
@@ -141,6 +153,8 @@ Record = (LMRecord | PromptRecord | PromptCompletionRecord | PreferenceRecord
 def detect_format(row: Mapping[str, Any]) -> str | None:
   """The format a row's keys identify, or None."""
   keys = set(row)
+  if {"prompt", "completions", "scores"} <= keys:
+    return RANKED
   if {"chosen", "rejected"} <= keys:
     return PREFERENCE
   if {"prompt", "completion", "label"} <= keys:
@@ -301,7 +315,41 @@ def _parse_unpaired(row):
   return UnpairedRecord(prompt, completion, bool(label))
 
 
+def _number(value, field: str) -> float:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(
+      value, (int, float, np.integer, np.floating)):
+    raise DataError(f"expected a number, got {type(value).__name__}", field=field,
+                    reason="wrong_type")
+  if not np.isfinite(value):
+    raise DataError(f"must be finite, got {value}", field=field, reason="wrong_type")
+  return float(value)
+
+
+def _parse_ranked(row):
+  prompt = _text(row, "prompt", allow_empty=True)
+  completions, scores = _require(row, "completions"), _require(row, "scores")
+  for name, value in (("completions", completions), ("scores", scores)):
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple, np.ndarray)):
+      raise DataError(f"expected a list, got {type(value).__name__}", field=name,
+                      reason="wrong_type")
+  if len(completions) != len(scores):
+    raise DataError(f"{len(scores)} scores for {len(completions)} completions", field="scores",
+                    reason="wrong_type")
+  if len(completions) < 2:
+    raise DataError(f"a ranked list needs at least 2 completions, got {len(completions)}",
+                    field="completions", reason="empty")
+  texts = []
+  for i, value in enumerate(completions):
+    field = f"completions[{i}]"
+    text = _text({field: value}, field, allow_empty=False)
+    _same_kind(prompt, text, field)
+    texts.append(text)
+  numbers = tuple(_number(v, f"scores[{i}]") for i, v in enumerate(scores))
+  return RankedRecord(prompt, tuple(texts), numbers)
+
+
 _PARSERS = {
+    RANKED: _parse_ranked,
     LM: _parse_lm,
     PROMPT_ONLY: _parse_prompt_only,
     PROMPT_COMPLETION: _parse_prompt_completion,
@@ -511,6 +559,23 @@ def tokenize_unpaired(record: UnpairedRecord, tokenizer, *,
   return out
 
 
+def tokenize_ranked(record: RankedRecord, tokenizer, *, completion_only_loss: bool = True,
+                    assistant_only_loss: bool = False) -> dict[str, Any]:
+  """`candidates`: one {tokens, loss_mask} per completion (each prompt +
+  completion + EOS, as `tokenize_prompt_completion`), and `scores` f32[K]."""
+  candidates = []
+  for i, completion in enumerate(record.completions):
+    pc = PromptCompletionRecord(record.prompt, completion)
+    try:
+      candidates.append(tokenize_prompt_completion(
+          pc, tokenizer, completion_only_loss=completion_only_loss,
+          assistant_only_loss=assistant_only_loss))
+    except DataError as e:
+      field = f"completions[{i}]" if e.field == "completion" else e.field
+      raise DataError(e.message, field=field, reason=e.reason) from e
+  return {"candidates": candidates, "scores": np.asarray(record.scores, np.float32)}
+
+
 def tokenize_prompt(record: PromptRecord, tokenizer) -> dict[str, Any]:
   """`prompt_tokens` (BOS + prompt, or the chat with generation prompt),
   plus every extra column unchanged (for rewards and verifiers)."""
@@ -538,4 +603,6 @@ def tokenize(record: Record, tokenizer, *, completion_only_loss: bool = True,
     return tokenize_preference(record, tokenizer, **kwargs)
   if isinstance(record, UnpairedRecord):
     return tokenize_unpaired(record, tokenizer, **kwargs)
+  if isinstance(record, RankedRecord):
+    return tokenize_ranked(record, tokenizer, **kwargs)
   raise TypeError(f"not a record: {type(record).__name__}")

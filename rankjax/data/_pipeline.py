@@ -21,6 +21,10 @@ noted; T is the bucket, or `max_length` when packing):
   preference                chosen_{tokens,loss_mask,segment_ids,positions},
                             rejected_{...} (both [B, T], same T), margin [B]
                             float32 when the data has margins (0 if missing)
+  ranked                    tokens, loss_mask, segment_ids, positions
+                            [B, K, T] (candidate k of list b; padded
+                            candidates are all padding), scores [B, K]
+                            float32, list_mask [B, K] (1 = a real candidate)
   prompt_only               prompt_tokens [B, T] (right-padded),
                             prompt_lengths [B], + each extra column [B]
 
@@ -84,6 +88,9 @@ class PipelineConfig:
     unpair: read a preference dataset as unpaired rows (chosen -> label 1,
       rejected -> label 0; two examples per row), for KTO.
     read_threads: threads reading and tokenizing rows.
+    list_size: ranked data: K, the candidates per list in a batch (shorter
+      lists are padded and masked; a longer one is a bad row); 0 = the
+      longest list of each batch.
   """
 
   global_batch_size: int
@@ -103,6 +110,7 @@ class PipelineConfig:
   assistant_only_loss: bool = False
   unpair: bool = False
   read_threads: int = 2
+  list_size: int = 0
 
   def __post_init__(self):
     for name, value, choices in (("truncation", self.truncation, _TRUNCATION),
@@ -265,11 +273,32 @@ def _make_example(index: int, *, source, tokenizer, fmt: str,
     example = _formats.tokenize(
         record, tokenizer, completion_only_loss=config.completion_only_loss,
         assistant_only_loss=config.assistant_only_loss)
+    if "candidates" in example:
+      return _ranked_example(example, config)
     example, cut = truncate_example(example, config.max_length,
                                     config.truncation, fmt)
     return _Result(example, truncated=cut)
   except DataError as e:
     return _Result(None, error=e.with_location(location) if location else e)
+
+
+def _ranked_example(example: dict[str, Any], config: PipelineConfig) -> _Result:
+  """Checks a ranked list's size and truncates each candidate."""
+  k = len(example["candidates"])
+  if config.list_size and k > config.list_size:
+    raise DataError(f"{k} completions exceed the list size {config.list_size} "
+                    "(listwise.list_size)", field="completions", reason="too_long")
+  candidates, cut = [], None
+  for i, candidate in enumerate(example["candidates"]):
+    try:
+      candidate, c = truncate_example(candidate, config.max_length, config.truncation,
+                                      _formats.PROMPT_COMPLETION)
+    except DataError as e:
+      field = f"completions[{i}]" if e.field == "completion" else e.field
+      raise DataError(e.message, field=field, reason=e.reason) from e
+    candidates.append(candidate)
+    cut = cut or c
+  return _Result(dict(example, candidates=candidates), truncated=cut)
 
 
 class _CheckedIterator(grain.DatasetIterator):
@@ -383,8 +412,26 @@ def _column(values: list[Any]) -> np.ndarray:
   return out
 
 
+def _ranked_batch(examples, *, buckets, pad_id: int, list_size: int):
+  """[B, K, T] candidates (K = list_size, or the longest list), scores and
+  list_mask [B, K]; a padded slot is one padding token row, masked out."""
+  k = list_size or max(len(e["candidates"]) for e in examples)
+  length = bucket_length(max(len(c["tokens"]) for e in examples for c in e["candidates"]),
+                         buckets)
+  empty = {"tokens": np.zeros(0, np.int32), "loss_mask": np.zeros(0, np.int32)}
+  flat = [c for e in examples for c in (*e["candidates"], *[empty] * (k - len(e["candidates"])))]
+  out = {key: value.reshape(len(examples), k, length)
+         for key, value in _sequence_batch(flat, "", length, pad_id).items()}
+  out["scores"] = np.zeros((len(examples), k), np.float32)
+  out["list_mask"] = np.zeros((len(examples), k), np.int32)
+  for b, e in enumerate(examples):
+    out["scores"][b, :len(e["scores"])] = e["scores"]
+    out["list_mask"][b, :len(e["scores"])] = 1
+  return out
+
+
 def _batch(examples: Sequence[dict[str, Any]], *, fmt: str,
-           buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+           buckets: Sequence[int], pad_id: int, list_size: int = 0) -> dict[str, np.ndarray]:
   """Pads a list of examples to the smallest bucket that fits them all."""
   if fmt == _formats.PROMPT_ONLY:
     prompts = [e["prompt_tokens"] for e in examples]
@@ -395,6 +442,8 @@ def _batch(examples: Sequence[dict[str, Any]], *, fmt: str,
     for k in keys:
       out[k] = _column([e.get(k) for e in examples])
     return out
+  if fmt == _formats.RANKED:
+    return _ranked_batch(examples, buckets=buckets, pad_id=pad_id, list_size=list_size)
   prefixes = (("chosen_", "rejected_") if fmt == _formats.PREFERENCE
               else ("",))
   length = bucket_length(max(len(e[f"{p}tokens"]) for e in examples
@@ -557,7 +606,8 @@ class Pipeline:
     return ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder,
                     batch_fn=functools.partial(
                         _batch, fmt=self.example_format,
-                        buckets=self._buckets, pad_id=self.tokenizer.pad_id))
+                        buckets=self._buckets, pad_id=self.tokenizer.pad_id,
+                        list_size=cfg.list_size))
 
   def __iter__(self) -> DataIterator:
     stats = DataStats()

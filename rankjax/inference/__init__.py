@@ -30,8 +30,10 @@ from rankjax.inference._metrics import ndcg
 from rankjax.inference._metrics import pass_at_k
 from rankjax.inference._metrics import pass_at_k_batch
 from rankjax.inference._metrics import ranking_diagnostics
+from rankjax.inference._metrics import soft_best_of_n_expected
 from rankjax.inference._metrics import weighted_vote_at_k
 from rankjax.inference._plots import plot_pass_at_k
+from rankjax.inference._plots import plot_ranking_curve
 from rankjax.inference._plots import plot_reward_curve
 from rankjax.inference._prompts import COT_TRIGGER
 from rankjax.data.tasks import encode_prompt
@@ -49,6 +51,7 @@ from rankjax.inference._rerank import group_list
 from rankjax.inference._rerank import loglik_scores
 from rankjax.inference._rerank import majority_vote
 from rankjax.inference._rerank import reward_model_scores
+from rankjax.inference._rerank import soft_best_of_n
 from rankjax.inference._rerank import verifier_scores
 from rankjax.inference._rerank import verify_and_revise
 from rankjax.inference._rerank import weighted_vote
@@ -63,5 +66,6 @@ __all__ = [
     "think_prompt", "zero_shot_cot", "ReviseResult", "best_index", "best_of_n",
     "decode_completions", "group", "group_list", "loglik_scores", "majority_vote",
     "reward_model_scores", "verifier_scores", "verify_and_revise", "weighted_vote",
-    "stage_eval", "stage_rerank",
+    "stage_eval", "stage_rerank", "soft_best_of_n", "soft_best_of_n_expected",
+    "plot_ranking_curve",
 ]

@@ -37,6 +37,8 @@ class EvalSamples:
   lengths:  i64[P, k] completion tokens (EOS included); finished: bool[P, k].
   reward:   f64[P, k] reward-model scores, or None.
   greedy_correct: f64[P] verifier score of the greedy completion, or None.
+  target_reward: f64[P, k] the training reward (what GRPO optimises, the
+    verifier's weight on `correct`), or None.
   """
   texts: list[list[str]]
   answers: list[list[Any]]
@@ -46,6 +48,7 @@ class EvalSamples:
   finished: np.ndarray
   reward: np.ndarray | None = None
   greedy_correct: np.ndarray | None = None
+  target_reward: np.ndarray | None = None
 
   @property
   def k(self) -> int:
@@ -78,7 +81,8 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
             rewards: Sequence[rewards_lib.Reward] = (), max_new_tokens: int = 16,
             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
             prompt_fn: Callable[[str], str] | None = None, greedy: bool = True,
-            batch_size: int = 32) -> EvalSamples:
+            batch_size: int = 32, target_rewards: Sequence[rewards_lib.Reward] = (),
+            target_correct_weight: float = 0.0) -> EvalSamples:
   """Sample k completions per problem and verify / score them.
 
   problems: the task's records (`prompt` plus its reference columns).
@@ -92,6 +96,10 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
     problems by position.
   prompt_fn: rewrites each text prompt first (e.g. `zero_shot_cot`).
   greedy: also decode one greedy completion per problem.
+  target_rewards, target_correct_weight: the training reward,
+    `target_correct_weight · correct + Σ target_rewards` (a reward that
+    does not apply adds 0), in `EvalSamples.target_reward` when either is
+    given; soft best-of-N resamples by it.
   """
   if not problems:
     raise ValueError("no problems to evaluate")
@@ -104,8 +112,9 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
             top_p=top_p, min_p=min_p)
   sample_rng, greedy_rng = jax.random.split(rng)
   scorer = rewards_lib.batch_scorer(rewards) if rewards else None
+  target_scorer = rewards_lib.batch_scorer(target_rewards) if target_rewards else None
 
-  texts, loglik, lengths, finished, reward = [], [], [], [], []
+  texts, loglik, lengths, finished, reward, target = [], [], [], [], [], []
   start = 0
   for out, chunk in _sample(model, prompts, _sampling_config(tokenizer, k=k, **kw),
                             sample_rng, batch_size):
@@ -116,8 +125,16 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
     if scorer is not None:
       reward.append(scorer(chunk, out.tokens, out.mask, out.finished,
                            np.arange(start, start + len(chunk)), pad_id=tokenizer.pad_id))
+    if target_scorer is not None:
+      target.append(target_scorer(chunk, out.tokens, out.mask, out.finished,
+                                  np.arange(start, start + len(chunk)),
+                                  pad_id=tokenizer.pad_id))
     start += len(chunk)
   correct = np.asarray([_score(verifier(t, problems[r // k])) for r, t in enumerate(texts)])
+  target_reward = None
+  if target_rewards or target_correct_weight:
+    rest = np.nan_to_num(np.concatenate(target)) if target else 0.0
+    target_reward = group(target_correct_weight * correct + rest, k)
 
   greedy_correct = None
   if greedy:
@@ -131,7 +148,7 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
       correct=group(correct, k), loglik=group(np.concatenate(loglik), k),
       lengths=group(np.concatenate(lengths), k), finished=group(np.concatenate(finished), k),
       reward=group(np.concatenate(reward), k) if reward else None,
-      greedy_correct=greedy_correct)
+      greedy_correct=greedy_correct, target_reward=target_reward)
 
 
 def _score(value) -> float:
@@ -154,17 +171,21 @@ def vote_accuracy(answers: Sequence[Sequence[Any]], correct_pn,
   return float(np.mean(hits)) if hits else float("nan")
 
 
-def summarize(samples: EvalSamples) -> dict[str, float]:
+def summarize(samples: EvalSamples, *, tilt_beta: float | None = None) -> dict[str, float]:
   """The metrics of one evaluation (all in [0, 1] except Kendall τ ∈ [−1, 1];
   NaN where undefined):
 
   pass@1          mean correctness over all k samples (unbiased pass@1)
   pass@k          unbiased pass@k with n = k (a problem counts if any sample is right)
+  pass_gap@k      pass@k − pass@1: what the samples hold that one draw misses
   maj@k           self-consistency majority vote over extracted answers
   best_of_k       expected accuracy of the sample the policy ranks first by
                   length-normalised log-likelihood (ties averaged)
   best_of_k/reward, weighted_vote@k/reward   with a reward model: its
                   top-scored sample; votes weighted by σ(reward)
+  best_of_k/target, soft_best_of_k   with the training reward
+                  (`target_reward`): its top-scored sample, and soft
+                  best-of-N at β = `tilt_beta` (`M.soft_best_of_n_expected`)
   greedy          greedy-decoding accuracy
   kendall_tau, ndcg   likelihood ranking vs correctness, means over the
                   problems with both right and wrong samples
@@ -181,6 +202,13 @@ def summarize(samples: EvalSamples) -> dict[str, float]:
       f"maj@{k}": vote_accuracy(samples.answers, c),
       f"best_of_{k}": M.best_of_n_curve(samples.loglik, c > 0, [k])[k],
   }
+  out[f"pass_gap@{k}"] = out[f"pass@{k}"] - out["pass@1"]
+  if samples.target_reward is not None:
+    out[f"best_of_{k}/target"] = M.best_of_n_curve(samples.target_reward, c > 0, [k])[k]
+    if tilt_beta is not None:
+      out[f"soft_best_of_{k}"] = M.soft_best_of_n_expected(samples.target_reward, c > 0,
+                                                           tilt_beta)
+      out["tilt_beta"] = float(tilt_beta)
   if samples.reward is not None:
     out[f"best_of_{k}/reward"] = M.best_of_n_curve(samples.reward, c > 0, [k])[k]
     sigma = 0.5 * (1.0 + np.tanh(0.5 * samples.reward))  # σ(r), no overflow

@@ -187,6 +187,41 @@ def best_of_n_curve(scores_pn, correct_pn, ns: Sequence[int]) -> dict[int, float
                   if len(scores_pn) else float("nan") for n in ns}
 
 
+def soft_best_of_n_expected(rewards_pn, correct_pn, beta: float) -> float:
+  """Expected accuracy of soft best-of-N: per problem, one of its N samples
+  resampled with self-normalised importance weights
+
+      w_i = exp(r_i / β) / Σ_j exp(r_j / β)
+
+  (sampling-importance-resampling toward π·exp(r/β) from N samples of π:
+  the target a KL-regularised objective at the same β tilts toward; Korbak
+  et al. 2022, arXiv 2205.11275), so E = mean_p Σ_i w_i c_i exactly, no
+  resampling noise. β → ∞ gives pass@1, β → 0 hard best-of-N with ties
+  averaged; β = 0 computes that limit. NaN rewards get weight 0 (a problem
+  whose rewards are all NaN counts its mean correctness).
+
+  rewards_pn, correct_pn: [P, N].
+  """
+  r = np.asarray(rewards_pn, np.float64)
+  c = np.asarray(correct_pn, np.float64)
+  if r.shape != c.shape or r.ndim != 2:
+    raise ValueError(f"rewards {r.shape} and correct {c.shape} must be [P, N]")
+  if beta < 0:
+    raise ValueError(f"soft best-of-n needs beta >= 0, got {beta}")
+  if r.shape[0] == 0:
+    return float("nan")
+  ok = ~np.isnan(r)
+  if beta == 0:
+    top = np.where(ok, r, -np.inf).max(axis=1, keepdims=True)
+    w = (ok & (r == top)).astype(np.float64)
+  else:
+    z = np.where(ok, r / beta, -np.inf)
+    z = z - np.where(ok.any(1, keepdims=True), z.max(axis=1, keepdims=True), 0.0)
+    w = np.where(ok, np.exp(z), 0.0)
+  w = np.where(w.sum(1, keepdims=True) > 0, w, 1.0)
+  return float(np.mean((w * c).sum(1) / w.sum(1)))
+
+
 # ---------------------------------------------------------------------------
 # Ranking diagnostics: does the model's likelihood ranking agree with the
 # verifier's / reward model's?

@@ -1,4 +1,4 @@
-"""PNG plots of a run: reward curves from metrics.jsonl, pass@k curves.
+"""PNG plots of a run: reward and ranking curves from metrics.jsonl, pass@k curves.
 
 Figures are drawn on matplotlib's Agg canvas directly (`Figure` +
 `FigureCanvasAgg`), so nothing here touches the global pyplot backend of a
@@ -40,15 +40,27 @@ def _is_number(v) -> bool:
   return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+# Telemetry groups that mention rewards but have plots of their own.
+_NOT_REWARDS = ("ranking/", "listwise/")
+# The ranking telemetry plotted by `plot_ranking_curve` (all in [-1, 1]).
+RANKING_KEYS = ("ranking/kendall_tau", "ranking/ndcg", "ranking/top_rank_fraction")
+
+
 def reward_keys(rows: Sequence[dict]) -> list[str]:
   """Metric names containing "reward" with a numeric value in some row, in
-  first-seen order."""
+  first-seen order (the ranking and listwise telemetry excluded)."""
   keys: dict[str, None] = {}
   for row in rows:
     for key, value in row.items():
-      if "reward" in key.lower() and _is_number(value):
+      if ("reward" in key.lower() and not key.startswith(_NOT_REWARDS)
+          and _is_number(value)):
         keys[key] = None
   return list(keys)
+
+
+def ranking_keys(rows: Sequence[dict]) -> list[str]:
+  """The `RANKING_KEYS` present (numeric) in some row."""
+  return [k for k in RANKING_KEYS if any(_is_number(r.get(k)) for r in rows)]
 
 
 def _segments(rows: Sequence[dict], key: str) -> list[tuple[str, list[float], list[float]]]:
@@ -79,6 +91,19 @@ def plot_reward_curve(metrics_jsonl_path, out_png, keys: Sequence[str] | None = 
   """
   rows = read_metrics(metrics_jsonl_path)
   keys = list(keys) if keys is not None else reward_keys(rows)
+  return _plot_curves(rows, keys, out_png, "reward", metrics_jsonl_path)
+
+
+def plot_ranking_curve(metrics_jsonl_path, out_png) -> list[str]:
+  """Plot the online steps' ranking telemetry (`RANKING_KEYS`: Kendall τ and
+  NDCG of the policy's likelihood ranking against the reward ranking, and
+  where the policy's favourite sample ranks) against `step`."""
+  rows = read_metrics(metrics_jsonl_path)
+  return _plot_curves(rows, ranking_keys(rows), out_png, "likelihood vs reward ranking",
+                      metrics_jsonl_path)
+
+
+def _plot_curves(rows, keys, out_png, ylabel: str, source) -> list[str]:
   fig, ax = _figure()
   drawn = []
   for key in keys:
@@ -88,9 +113,9 @@ def plot_reward_curve(metrics_jsonl_path, out_png, keys: Sequence[str] | None = 
     if runs:
       drawn.append(key)
   if not drawn:
-    raise ValueError(f"{metrics_jsonl_path}: no reward metrics to plot (looked for {keys})")
+    raise ValueError(f"{source}: no {ylabel} metrics to plot (looked for {keys})")
   ax.set_xlabel("step")
-  ax.set_ylabel("reward")
+  ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   ax.legend(fontsize="small")
   _save(fig, out_png)

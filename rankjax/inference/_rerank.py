@@ -10,7 +10,9 @@ Candidates come from `sampling.generate` with `num_samples = G`: row r of a
 * `loglik_scores`: the policy's own (length-normalised) log-likelihood,
   straight from `SampleOutput.logprobs` — no extra forward.
 
-`best_of_n` picks the top-scored candidate per prompt; `majority_vote` /
+`best_of_n` picks the top-scored candidate per prompt, `soft_best_of_n`
+draws one with probability softmax(r / β) (sampling π·exp(r/β), the target
+of KL-regularised training at the same β); `majority_vote` /
 `weighted_vote` aggregate extracted answers (Wang et al. 2022, arXiv
 2203.11171); `verify_and_revise` loops sample -> verify -> append the
 verifier's feedback -> resample (RISE, arXiv 2407.18219; Snell et al. 2024,
@@ -145,6 +147,31 @@ def best_of_n(candidates: Sequence[Sequence[Any]], scores) -> list[Any]:
     raise ValueError(f"scores {scores_bg.shape} do not match {len(candidates)} prompts "
                      "of G candidates")
   return [cands[i] for cands, i in zip(candidates, best_index(scores_bg))]
+
+
+def soft_best_of_n(candidates: Sequence[Sequence[Any]], rewards, *, beta: float,
+                   rng: np.random.Generator | int = 0) -> list[Any]:
+  """Soft best-of-N: per prompt one candidate drawn with probability
+  softmax(r / β) over its G candidates (self-normalised importance
+  resampling toward π·exp(r/β) when the candidates are samples of π; NaN
+  rewards get probability 0). β → 0 is best-of-N, β → ∞ a uniform pick.
+  `inference.soft_best_of_n_expected` is the exact accuracy of this pick.
+
+  candidates: B lists of G; rewards: [B, G]; rng: a numpy Generator or seed.
+  """
+  r = np.asarray(rewards, np.float64)
+  if r.shape != (len(candidates), len(candidates[0]) if candidates else 0):
+    raise ValueError(f"rewards {r.shape} do not match {len(candidates)} prompts of G candidates")
+  if beta <= 0:
+    raise ValueError(f"soft best-of-n needs beta > 0 (best_of_n is the beta -> 0 limit), got {beta}")
+  rng = np.random.default_rng(rng)
+  picks = []
+  for cands, row in zip(candidates, r):
+    ok = ~np.isnan(row)
+    z = np.where(ok, row / beta, -np.inf)
+    w = np.exp(z - z[ok].max()) if ok.any() else np.ones_like(row)
+    picks.append(cands[int(rng.choice(len(cands), p=w / w.sum()))])
+  return picks
 
 
 def majority_vote(answers: Sequence[Sequence[Hashable | None]]) -> list[Hashable | None]:

@@ -5,9 +5,13 @@ eval    evaluates `run.model` on `cfg.eval.num_problems` held-out problems
         `run.summary[label]` (merged into what the training stage put there),
         its pass@k curve in `run.summary["pass_at_k_curves"][label]`, and the
         label in the ordered list `run.summary["evaluated"]`.
-rerank  best-of-N / majority / reward-weighted vote on the current model,
-        writes `<workdir>/plots/pass_at_k.png` (and `reward_curve.png` when
-        metrics.jsonl has reward metrics), and prints the comparison table
+rerank  best-of-N / majority / reward-weighted vote, and soft best-of-N
+        (resampling by softmax(r / β) of the training reward r, at the
+        training objective's β: test-time sampling from the target
+        π·exp(r/β) that KL-regularised training tilts toward) on the current model,
+        writes `<workdir>/plots/pass_at_k.png` (and `reward_curve.png`,
+        `ranking_curve.png` when metrics.jsonl has reward / ranking
+        telemetry), and prints the comparison table
         of every evaluated stage.
 
 The label of an eval is the last training stage that precedes it in
@@ -35,7 +39,8 @@ import jax
 from rankjax import rewards as rewards_lib
 from rankjax.inference import _metrics as M
 from rankjax.inference._evaluate import collect, format_table, pass_at_k_curve, summarize
-from rankjax.inference._plots import plot_pass_at_k, plot_reward_curve, read_metrics, reward_keys
+from rankjax.inference._plots import (plot_pass_at_k, plot_ranking_curve, plot_reward_curve,
+                                      ranking_keys, read_metrics, reward_keys)
 
 if TYPE_CHECKING:
   from rankjax.run import Run
@@ -71,17 +76,37 @@ def eval_rewards(run: Run, problems) -> list:
                                 reward_model=run.reward_model)
 
 
+def target_rewards(run: Run, problems) -> tuple[list, float]:
+  """The GRPO reward as (rewards other than "correct", the weight of
+  "correct"): soft best-of-N resamples by what training optimises."""
+  g = run.cfg.grpo
+  weights = g.reward_weights or (1.0,) * len(g.rewards)
+  correct = sum(w for n, w in zip(g.rewards, weights) if n == "correct")
+  named = [(n, w) for n, w in zip(g.rewards, weights) if n != "correct"]
+  rewards = rewards_lib.from_names([n for n, _ in named], [w for _, w in named], task=run.task,
+                                   tokenizer=run.tokenizer, records=problems,
+                                   reward_model=run.reward_model) if named else []
+  return rewards, float(correct)
+
+
+def tilt_beta(cfg) -> float:
+  """β of soft best-of-N: `eval.tilt_beta`, else GRPO's listwise β."""
+  return cfg.eval.tilt_beta or cfg.grpo.listwise_beta
+
+
 def _collect(run: Run):
   cfg = run.cfg
   verifier = rewards_lib.verifier(run.task, cfg.grpo.rewards,
                                   threshold=cfg.eval.pass_threshold)
   problems = run.task.eval_records(cfg.eval.num_problems)
+  target, correct_weight = target_rewards(run, problems)
   return collect(run.model, run.tokenizer, problems, k=cfg.eval.num_samples,
                  temperature=cfg.eval.temperature,
                  rng=jax.random.key(cfg.seed + _EVAL_SEED_OFFSET), task=run.task,
                  verifier=verifier, rewards=eval_rewards(run, problems),
                  max_new_tokens=cfg.sample.max_new_tokens, top_k=cfg.sample.top_k,
-                 top_p=cfg.sample.top_p, min_p=cfg.sample.min_p)
+                 top_p=cfg.sample.top_p, min_p=cfg.sample.min_p, target_rewards=target,
+                 target_correct_weight=correct_weight)
 
 
 def _json_safe(metrics: dict) -> dict:
@@ -90,8 +115,8 @@ def _json_safe(metrics: dict) -> dict:
 
 def table_columns(k: int) -> tuple[list[str], list[str]]:
   """(metric keys, headers) of the comparison table."""
-  return (["pass@1", f"maj@{k}", f"pass@{k}", f"best_of_{k}"],
-          ["pass@1", f"maj@{k}", f"pass@{k}", f"best-of-{k}"])
+  return (["pass@1", f"maj@{k}", f"pass@{k}", f"best_of_{k}", f"soft_best_of_{k}"],
+          ["pass@1", f"maj@{k}", f"pass@{k}", f"best-of-{k}", f"soft-best-of-{k}"])
 
 
 def stage_eval(run: Run) -> None:
@@ -99,14 +124,14 @@ def stage_eval(run: Run) -> None:
   evaluated = run.summary.setdefault("evaluated", [])
   label = eval_label(run.cfg.pipeline, len(evaluated))
   samples = _collect(run)
-  metrics = _json_safe(summarize(samples))
+  metrics = _json_safe(summarize(samples, tilt_beta=tilt_beta(run.cfg)))
   entry = run.summary.get(label)
   run.summary[label] = {**(entry if isinstance(entry, dict) else {}), **metrics}
   run.summary.setdefault("pass_at_k_curves", {})[label] = {
       str(k): v for k, v in pass_at_k_curve(samples.correct).items()}
   evaluated.append(label)
   k = samples.k
-  keys = [*table_columns(k)[0], "greedy", "kendall_tau", "ndcg"]
+  keys = [*table_columns(k)[0], f"pass_gap@{k}", "greedy", "kendall_tau", "ndcg"]
   print(f"eval [{label}] on {metrics['num_problems']} problems, k={k}:")
   print(format_table({label: metrics}, keys))
 
@@ -119,7 +144,7 @@ def stage_rerank(run: Run) -> None:
   reranked.append(label)
   samples = _collect(run)
   k = samples.k
-  metrics = summarize(samples)
+  metrics = summarize(samples, tilt_beta=tilt_beta(run.cfg))
   ns = list(range(1, k + 1))
   curves_n = {"loglik": M.best_of_n_curve(samples.loglik, samples.correct > 0, ns)}
   if samples.reward is not None:
@@ -138,9 +163,13 @@ def stage_rerank(run: Run) -> None:
     lines[f"{label} best-of-n ({name})"] = curve
   written = {"pass_at_k": str(plot_pass_at_k(lines, plots / "pass_at_k.png"))}
   metrics_path = Path(run.workdir) / "metrics.jsonl"
-  if metrics_path.exists() and reward_keys(read_metrics(metrics_path)):
+  rows = read_metrics(metrics_path) if metrics_path.exists() else []
+  if reward_keys(rows):
     plot_reward_curve(metrics_path, plots / "reward_curve.png")
     written["reward_curve"] = str(plots / "reward_curve.png")
+  if ranking_keys(rows):
+    plot_ranking_curve(metrics_path, plots / "ranking_curve.png")
+    written["ranking_curve"] = str(plots / "ranking_curve.png")
   run.summary["plots"] = written
 
   rows = {name: run.summary[name] for name in dict.fromkeys(evaluated)

@@ -9,7 +9,7 @@ Offline algorithms are registered once in `OFFLINE` (step, objective,
 record formats, reference, metrics); their hyper-parameters are their config
 sections. Online ones (`grpo_step`, `ppo_step`) share one `rollout`.
 
-The pipeline stages "sft", "rm", "dpo", "kto" (`_stages`), "grpo" and
+The pipeline stages "sft", "rm", "dpo", "kto", "listwise" (`_stages`), "grpo" and
 "ppo" (`_rl`) are `stage_*(run)` functions; `rankjax.run` lists them.
 """
 
@@ -20,7 +20,9 @@ from rankjax.train._state import (TrainState, batch_sharding, create_train_state
                                   tree_shardings)
 from rankjax.train._steps import (OFFLINE, Offline, apply_grads, check_batch, compute_grads,
                                   concat_pair, dpo_loss_fn, dpo_objective, dpo_step, eval_step,
-                                  head_logprobs, kto_loss_fn, kto_objective, kto_step, mismatched_pairs,
+                                  head_logprobs, kto_loss_fn, kto_objective, kto_step,
+                                  as_lists, check_lists, listwise_loss_fn, listwise_objective,
+                                  listwise_step, mismatched_pairs,
                                   next_token_hidden, next_token_logits, rm_loss_fn, rm_objective, rm_step,
                                   sequence_logps, sft_loss_fn, sft_objective, sft_step,
                                   update)
@@ -32,7 +34,7 @@ from rankjax.train._rollout import Rollout, RolloutSettings, logprob_mismatch, r
 from rankjax.train._rollout import sample as sample_completions
 from rankjax.train._rollout import score as score_completions
 from rankjax.train._stages import (fit, reward_model_from, stage_dpo, stage_kto,
-                                   stage_rm, stage_sft, with_lora)
+                                   stage_listwise, stage_rm, stage_sft, with_lora)
 
 __all__ = [
     "LoopConfig", "MetricsWriter", "OFFLINE", "Offline", "Progress", "TrainState",
@@ -47,5 +49,6 @@ __all__ = [
     "stage_kto", "stage_ppo", "stage_rm", "stage_sft", "advantages", "completion_logps",
     "grpo_step", "minibatch_order", "policy_updates", "ppo_step", "PromptBatches",
     "jit_rl_step", "rollout_settings", "Rollout", "RolloutSettings", "logprob_mismatch",
-    "rollout", "sample_completions", "score_completions",
+    "rollout", "sample_completions", "score_completions", "as_lists", "check_lists",
+    "listwise_loss_fn", "listwise_objective", "listwise_step", "stage_listwise",
 ]

@@ -4,7 +4,8 @@
 The task gives the rows (`Task.training_source`): built-in tasks give their
 demonstrations to SFT and, to the preference stages, pairs of a
 demonstration and the same completion with a wrong final answer
-(`tasks.preference_records`); a user's files are read as they are, and
+(`tasks.preference_records`) and, to the listwise stage, ranked lists
+(`tasks.ranked_records`); a user's files are read as they are, and
 their format (detected from the keys) must suit the stage. KTO reads
 preference pairs unpaired (chosen -> desirable, rejected -> undesirable).
 """
@@ -24,8 +25,9 @@ def open_source(cfg: Config, task: tasks_lib.Task, stage: str, formats, split: s
   """The row source of `split` ("train" or "eval") for a stage that trains
   on `formats`, or None when there is no eval data."""
   paired = data.PROMPT_COMPLETION not in formats
+  kwargs = {"list_size": cfg.listwise.list_size} if data.RANKED in formats else {}
   return task.training_source(split, paired=paired, seed=cfg.seed,
-                              noise=0.0 if paired else cfg.data.sft_noise)
+                              noise=0.0 if paired else cfg.data.sft_noise, **kwargs)
 
 
 def pipeline_config(cfg: Config, stage: str, *, train: bool, unpair: bool,
@@ -43,7 +45,8 @@ def pipeline_config(cfg: Config, stage: str, *, train: bool, unpair: bool,
       packing=d.packing and stage == "sft" and train,
       completion_only_loss=loss_mask != "all",
       assistant_only_loss=loss_mask == "assistant", unpair=unpair,
-      drop_remainder=not one_pass, **data.process_shard())
+      drop_remainder=not one_pass, list_size=cfg.listwise.list_size,
+      **data.process_shard())
 
 
 def _first_format(source) -> str | None:

@@ -12,10 +12,13 @@
   2. group advantages (`scale_rewards` group | batch | none), RLOO or
      REINFORCE++; groups with zero reward variance are counted and optionally
      masked out (DAPO's dynamic sampling without changing shapes);
-  3. μ = `num_iterations` passes of `num_minibatches` clipped-surrogate
-     updates (`losses.grpo_loss`) under `lax.scan`, with the sampler's
-     log-probs as π_old and, when β > 0, a k3 KL to the reference (β = 0: no
-     reference forward).
+  3. μ = `num_iterations` passes of `num_minibatches` updates under
+     `lax.scan` of the `objective`: the clipped surrogate
+     (`losses.grpo_loss`, the sampler's log-probs as π_old and, when β > 0,
+     a k3 KL to the reference) and/or listwise losses
+     (`losses.listwise_loss`): each group ranked by reward, the loss on the
+     implicit rewards β_list·(log π(y) − log π_ref(y)) of its sequences.
+     The reference runs only when β > 0 or a listwise term needs it.
 
 π_old and π are both log-softmax(logits / T) at the sampling temperature T
 (see `_rollout`), and `logprob_mismatch` reports how far apart they are on
@@ -71,6 +74,38 @@ def completion_logps(model, prompt_bp, prompt_mask_bp, completion_rn, completion
   return head_logprobs(model, hidden, completion_rn, temperature)
 
 
+def needs_reference(hp: GRPOCfg) -> bool:
+  """Whether the step runs the reference model: a KL penalty (β > 0) or a
+  listwise objective (its implicit rewards are log-ratios to π_ref)."""
+  return hp.beta > 0 or any(o != "clipped" for o in hp.objective)
+
+
+def objective_loss(logp, mb, *, hp: GRPOCfg, max_new_tokens: int, active):
+  """The update's loss and metrics: Σ_k w_k · objective_k over `hp.objective`
+  (the clipped surrogate and/or listwise losses on whole groups)."""
+  weights = dict(zip(hp.objective, hp.objective_weights or (1.0,) * len(hp.objective)))
+  loss, metrics = jnp.zeros((), jnp.float32), {}
+  if "clipped" in weights:
+    clipped, metrics = losses.grpo_loss(
+        logp, mb["old"], mb["adv"], mb["loss_mask"], eps_low=hp.eps_low, eps_high=hp.eps_high,
+        ratio_level=hp.ratio_level, aggregation=hp.aggregation,
+        max_completion_length=max_new_tokens, num_active_tokens_global=active,
+        ref_logp_bt=mb.get("ref"), beta=hp.beta)
+    metrics = dict(metrics, **{"loss/clipped": clipped})
+    loss = loss + weights["clipped"] * clipped
+  listwise = [o for o in hp.objective if o != "clipped"]
+  if listwise:
+    g = hp.group_size
+    seq = lambda x: losses.sequence_logprobs(x, mb["completion_mask"]).reshape(-1, g)
+    term, lw = losses.listwise_loss(
+        seq(logp), seq(mb["ref"]), mb["reward"].reshape(-1, g), mb["list_mask"].reshape(-1, g),
+        beta=hp.listwise_beta, loss_type=listwise, loss_weights=[weights[o] for o in listwise],
+        target_temperature=hp.listwise_target_temperature)
+    metrics.update({f"listwise/{k}": v for k, v in lw.items() if k != "loss"})
+    loss = loss + term
+  return loss, metrics
+
+
 def minibatch_order(rng, num_prompts: int, hp: GRPOCfg):
   """i32[μ·m, B/m]: the prompts of each minibatch, a fresh permutation per
   pass. Minibatches hold whole groups, so each prompt runs once per
@@ -89,7 +124,8 @@ def policy_updates(state: TrainState, data: Mapping[str, jax.Array], order, *,
   """Step 3: one clipped-surrogate update per row of `order` under `lax.scan`.
 
   data: `prompt`, `prompt_mask` [B, P]; `completion`, `completion_mask`
-  (attention), `loss_mask`, `old` [R, N]; `adv` [R]; `ref` [R, N] when β > 0.
+  (attention), `loss_mask`, `old` [R, N]; `adv`, `reward` and `list_mask`
+  (the rows the loss may use) [R]; `ref` [R, N] with `needs_reference`.
   Returns (state, per-update metrics, with `logprob_mismatch`: mean
   |π − π_old| on the update's minibatch before it is applied).
   """
@@ -101,11 +137,8 @@ def policy_updates(state: TrainState, data: Mapping[str, jax.Array], order, *,
   def loss_fn(params, mb):
     logp = completion_logps(state.model(params), mb["prompt"], mb["prompt_mask"],
                             mb["completion"], mb["completion_mask"], temperature)
-    loss, metrics = losses.grpo_loss(
-        logp, mb["old"], mb["adv"], mb["loss_mask"], eps_low=hp.eps_low, eps_high=hp.eps_high,
-        ratio_level=hp.ratio_level, aggregation=hp.aggregation,
-        max_completion_length=max_new_tokens, num_active_tokens_global=active,
-        ref_logp_bt=mb.get("ref"), beta=hp.beta)
+    loss, metrics = objective_loss(logp, mb, hp=hp, max_new_tokens=max_new_tokens,
+                                   active=active)
     mismatch = losses.masked_mean(jnp.abs(jax.lax.stop_gradient(logp) - mb["old"]),
                                   mb["completion_mask"])
     return loss, dict(metrics, logprob_mismatch=mismatch)
@@ -146,8 +179,8 @@ def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: 
     valid = valid & ~zero_std
   data = dict(prompt=ro.prompt, prompt_mask=ro.prompt_mask, completion=ro.completion,
               completion_mask=ro.completion_mask, loss_mask=ro.completion_mask & valid[:, None],
-              old=ro.logprobs, adv=adv)
-  if hp.beta:
+              old=ro.logprobs, adv=adv, reward=jnp.where(valid, ro.total, 0.0), list_mask=valid)
+  if needs_reference(hp):
     data["ref"] = jax.lax.stop_gradient(completion_logps(
         state.ref_model(), ro.prompt, ro.prompt_mask, ro.completion, ro.completion_mask, t))
 

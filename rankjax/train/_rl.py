@@ -29,7 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from rankjax import models, parallel, rewards as rewards_lib
 from rankjax.data import tasks as tasks_lib
 from rankjax.errors import UserInputError
-from rankjax.train._grpo import grpo_step
+from rankjax.train._grpo import grpo_step, needs_reference
 from rankjax.train._stages import resume_and_train, with_lora
 from rankjax.train._optim import make_optimizer, make_schedule
 from rankjax.train._ppo import ppo_step
@@ -140,7 +140,7 @@ def _loop(run, stage, state, step, batches, steps, mesh, optim, updates_per_step
   total = steps * updates_per_step
   return resume_and_train(run, stage, state, step, batches, steps, batch_sharding(mesh),
                           schedule=lambda i: make_schedule(optim, total)(i * updates_per_step),
-                          shown=("reward",))
+                          shown=("reward", "ranking/kendall_tau"))
 
 
 def _stage_optim(cfg, learning_rate: float):
@@ -192,7 +192,7 @@ def stage_grpo(run: Run) -> None:
   optim = _stage_optim(cfg, cfg.grpo.learning_rate)
   tx = make_optimizer(optim, cfg.grpo.steps * cfg.grpo.num_iterations * cfg.grpo.num_minibatches)
   state, state_sh = create_train_state(with_lora(run.model, cfg, "grpo"), tx, mesh,
-                                       seed=cfg.seed, with_reference=cfg.grpo.beta > 0)
+                                       seed=cfg.seed, with_reference=needs_reference(cfg.grpo))
   batch_sh = batch_sharding(mesh)
   jitted = jit_rl_step(grpo_step, state_sh, batch_sh, reward_states, hp=cfg.grpo,
                        rollout=rollout_settings(cfg, tok), rewards=tuple(rewards))

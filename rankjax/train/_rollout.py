@@ -121,8 +121,22 @@ def rollout(model, batch: Mapping[str, jax.Array], rewards: Sequence[rewards_lib
   return score(batch, out, rewards, reward_states, weights=weights)
 
 
+def ranking_metrics(ro: Rollout) -> dict[str, jax.Array]:
+  """Does the policy's own ranking agree with the reward's? Per group,
+  Kendall τ and NDCG between the samples' length-normalised log-likelihood
+  (the sampler's, at temperature T) and their rewards, and the reward rank
+  of the policy's most likely sample (`losses.group_ranking_metrics`). With
+  one sample per prompt (PPO) the batch is ranked as one list."""
+  lengths = jnp.maximum(ro.lengths, 1).astype(jnp.float32)
+  loglik = losses.sequence_logprobs(ro.logprobs, ro.completion_mask) / lengths
+  g = ro.group_size if ro.group_size > 1 else ro.total.shape[0]
+  return losses.group_ranking_metrics(loglik.reshape(-1, g), ro.total.reshape(-1, g),
+                                      ro.valid.reshape(-1, g))
+
+
 def metrics(ro: Rollout, rewards: Sequence[rewards_lib.Reward]) -> dict[str, jax.Array]:
-  """What every online step logs about its rollout."""
+  """What every online step logs about its rollout (its ranking telemetry
+  included)."""
   valid = ro.valid
   out = {
       "reward": jnp.sum(jnp.where(valid, ro.total, 0.0)) / jnp.maximum(jnp.sum(valid), 1),
@@ -134,6 +148,7 @@ def metrics(ro: Rollout, rewards: Sequence[rewards_lib.Reward]) -> dict[str, jax
     col = ro.rewards[:, i]
     ok = ~jnp.isnan(col)
     out[f"rewards/{r.name}"] = jnp.sum(jnp.where(ok, col, 0.0)) / jnp.maximum(jnp.sum(ok), 1)
+  out.update(ranking_metrics(ro))
   return out
 
 

@@ -1,4 +1,4 @@
-"""Pipeline stages "sft", "rm", "dpo", "kto" (`rankjax.run` lists them).
+"""Pipeline stages "sft", "rm", "dpo", "kto", "listwise" (`rankjax.run` lists them).
 
 Each reads its config section and `cfg.data`, builds batches through
 `rankjax.data` (see `_data` for the built-in tasks' preference pairs),
@@ -6,11 +6,11 @@ trains with its step from `_steps`, and leaves:
 
   <workdir>/metrics.jsonl, <workdir>/tensorboard/<stage>/   (the host loop)
   <workdir>/checkpoints/<stage>/                            (rankjax.checkpoint; resumes)
-  <workdir>/export/          the trained policy (sft, dpo, kto), LoRA merged
+  <workdir>/export/          the trained policy (sft, dpo, kto, listwise), LoRA merged
   <workdir>/export/reward_model/   the trained reward model (rm)
   run.summary[stage]         final train and eval metrics
 
-sft, dpo and kto replace `run.model` with the trained policy (LoRA merged
+sft, dpo, kto and listwise replace `run.model` with the trained policy (LoRA merged
 into a plain Transformer). rm leaves the policy alone and sets
 `run.reward_model` (a scalar-head Transformer) for the stages that score
 with it (eval/rerank, PPO).
@@ -168,6 +168,11 @@ def stage_dpo(run: Run) -> None:
 def stage_kto(run: Run) -> None:
   """KTO on unpaired (or unpaired preference) data."""
   _train_policy(run, "kto", run.cfg.kto.steps)
+
+
+def stage_listwise(run: Run) -> None:
+  """Listwise preference optimisation (`listwise.loss_type`) on ranked lists."""
+  _train_policy(run, "listwise", run.cfg.listwise.steps)
 
 
 def stage_rm(run: Run) -> None:

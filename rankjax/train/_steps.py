@@ -9,6 +9,8 @@ hyper-parameters are bound with `functools.partial` before jit.
 Batches follow `rankjax.data` (all int32, [B, T]):
   sft, kto        tokens, loss_mask[, segment_ids, positions] (+ label [B] for kto)
   rm, dpo         chosen_{tokens,loss_mask,...}, rejected_{...} (+ margin [B])
+  listwise        tokens, loss_mask[, ...] [B, K, T], scores, list_mask [B, K]
+                  (or a dpo batch: lists of two)
 `loss_mask[b, t]` marks token t as a target, predicted from position t-1.
 Optional precomputed reference log-probs (float32[B]): `ref_chosen_logps`,
 `ref_rejected_logps` (dpo), `ref_logps`, `ref_kl_logps` (kto); when present
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 import optax
 
 from rankjax import data, losses
-from rankjax.config import DPOCfg, KTOCfg, RMCfg, SFTCfg
+from rankjax.config import DPOCfg, KTOCfg, ListwiseCfg, RMCfg, SFTCfg
 from rankjax.train._optim import global_norm
 from rankjax.train._state import TrainState
 
@@ -265,14 +267,20 @@ def rm_step(state: TrainState, batch: Batch, *, hp: RMCfg | None = None, accum_s
 # ---------------------------------------------------------------------------
 
 
+def dpo_reference_free(hp: DPOCfg) -> bool:
+  """No reference model: `reference_free`, or only reference-free types
+  (SimPO, CPO, ORPO)."""
+  return hp.reference_free or all(t in losses.REFERENCE_FREE_LOSS_TYPES for t in hp.loss_type)
+
+
 def dpo_loss_fn(model, batch: Batch, *, ref_model=None, beta: float = 0.1,
                 loss_type=("sigmoid",), loss_weights=None,
                 label_smoothing: float = 0.0, reference_free: bool = False,
-                sft_weight: float = 0.0):
+                sft_weight: float = 0.0, simpo_gamma: float = 0.5):
   """DPO (and variants) on one forward over chosen ++ rejected."""
   pair = concat_pair(batch)
   logps_b, lengths_b = sequence_logps(model, pair)
-  if reference_free:
+  if reference_free or all(t in losses.REFERENCE_FREE_LOSS_TYPES for t in loss_type):
     ref_c = ref_r = None
   elif ref_model is None:
     ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
@@ -283,7 +291,7 @@ def dpo_loss_fn(model, batch: Batch, *, ref_model=None, beta: float = 0.1,
       pc, pr, ref_c, ref_r, beta=beta, loss_type=loss_type,
       loss_weights=loss_weights or None, label_smoothing=label_smoothing,
       chosen_lengths=lc, rejected_lengths=lr, reference_free=reference_free,
-      sft_weight=sft_weight)
+      sft_weight=sft_weight, simpo_gamma=simpo_gamma)
   return loss, {**metrics, **target_metrics(pair["loss_mask"])}
 
 
@@ -294,11 +302,11 @@ def dpo_objective(state: TrainState, batch: Batch, hp: DPOCfg | None = None, *,
   hp = hp or DPOCfg()
   check_batch(batch, ("chosen_", "rejected_"), accum_steps=accum_steps)
   cached = "ref_chosen_logps" in batch and "ref_rejected_logps" in batch
-  ref = None if cached or hp.reference_free else state.ref_model()
+  ref = None if cached or dpo_reference_free(hp) else state.ref_model()
   return functools.partial(
       dpo_loss_fn, ref_model=ref, beta=hp.beta, loss_type=hp.loss_type,
       loss_weights=hp.loss_weights, label_smoothing=hp.label_smoothing,
-      reference_free=hp.reference_free, sft_weight=hp.sft_weight)
+      reference_free=hp.reference_free, sft_weight=hp.sft_weight, simpo_gamma=hp.simpo_gamma)
 
 
 def dpo_step(state: TrainState, batch: Batch, *, hp: DPOCfg | None = None,
@@ -372,6 +380,81 @@ def kto_step(state: TrainState, batch: Batch, *, hp: KTOCfg | None = None,
 
 
 # ---------------------------------------------------------------------------
+# Listwise.
+# ---------------------------------------------------------------------------
+
+
+def as_lists(batch: Batch) -> dict[str, jax.Array]:
+  """A ranked batch as it is (tokens... [B, K, T], scores, list_mask [B, K]),
+  or a preference batch as lists of two: chosen (score 1) over rejected
+  (score 0)."""
+  if "chosen_tokens" not in batch:
+    return dict(batch)
+  out = {k: jnp.stack([batch["chosen_" + k], batch["rejected_" + k]], axis=1)
+         for k in _SEQ if "chosen_" + k in batch}
+  b = out["tokens"].shape[0]
+  out["scores"] = jnp.tile(jnp.asarray([1.0, 0.0], jnp.float32), (b, 1))
+  out["list_mask"] = jnp.ones((b, 2), jnp.int32)
+  return out
+
+
+def check_lists(batch: Batch, accum_steps: int = 1) -> None:
+  """Raises ValueError naming the key unless the batch is ranked lists
+  ([B, K, T] sequences, [B, K] scores and list_mask) or preference pairs."""
+  if "chosen_tokens" in batch:
+    check_batch(batch, ("chosen_", "rejected_"), accum_steps=accum_steps)
+    return
+  missing = [k for k in ("tokens", "loss_mask", "scores", "list_mask") if k not in batch]
+  if missing:
+    raise ValueError(f"a listwise batch is missing {missing}; it has {sorted(batch)}")
+  shape = tuple(batch["tokens"].shape)
+  bad = {k: tuple(v.shape) for k, v in batch.items()
+         if (k in _SEQ and tuple(v.shape) != shape)
+         or (k in ("scores", "list_mask") and tuple(v.shape) != shape[:2])}
+  if len(shape) != 3 or bad:
+    raise ValueError(f"listwise batches are tokens [B, K, T] (got {shape}) with "
+                     f"scores and list_mask [B, K]; mismatched: {bad}")
+  if shape[0] % accum_steps:
+    raise ValueError(f"batch size {shape[0]} is not divisible by "
+                     f"grad_accum_steps={accum_steps}")
+
+
+def listwise_loss_fn(model, batch: Batch, *, ref_model=None, beta: float = 0.1,
+                     loss_type=("plackett_luce",), loss_weights=None,
+                     target_temperature: float = 1.0, reference_free: bool = False):
+  """A listwise loss (`losses.listwise_loss`) on one forward over the
+  B·K candidates."""
+  lists = as_lists(batch)
+  b, k, t = lists["tokens"].shape
+  flat = {key: lists[key].reshape(b * k, t) for key in _SEQ if key in lists}
+  logps_bk = sequence_logps(model, flat)[0].reshape(b, k)
+  ref_bk = None
+  if not reference_free:
+    ref_bk = jax.lax.stop_gradient(sequence_logps(ref_model, flat)[0]).reshape(b, k)
+  loss, metrics = losses.listwise_loss(
+      logps_bk, ref_bk, lists["scores"], lists["list_mask"] != 0, beta=beta,
+      loss_type=loss_type, loss_weights=loss_weights or None,
+      target_temperature=target_temperature, reference_free=reference_free)
+  return loss, {**metrics, **target_metrics(flat["loss_mask"])}
+
+
+def listwise_objective(state: TrainState, batch: Batch, hp: ListwiseCfg | None = None, *,
+                       accum_steps: int = 1) -> LossFn:
+  hp = hp or ListwiseCfg()
+  check_lists(batch, accum_steps)
+  return functools.partial(
+      listwise_loss_fn, ref_model=None if hp.reference_free else state.ref_model(),
+      beta=hp.beta, loss_type=hp.loss_type, loss_weights=hp.loss_weights,
+      target_temperature=hp.target_temperature, reference_free=hp.reference_free)
+
+
+def listwise_step(state: TrainState, batch: Batch, *, hp: ListwiseCfg | None = None,
+                  accum_steps: int = 1):
+  return update(state, batch, listwise_objective(state, batch, hp, accum_steps=accum_steps),
+                accum_steps)
+
+
+# ---------------------------------------------------------------------------
 # The registry: one record per offline algorithm.
 # ---------------------------------------------------------------------------
 
@@ -402,8 +485,11 @@ OFFLINE = {
     "rm": Offline(rm_step, rm_objective, (data.PREFERENCE,),
                   metrics=("accuracy", "margin")),
     "dpo": Offline(dpo_step, dpo_objective, (data.PREFERENCE,),
-                   reference=lambda hp: not hp.reference_free,
+                   reference=lambda hp: not dpo_reference_free(hp),
                    metrics=("rewards/accuracies", "rewards/margins")),
     "kto": Offline(kto_step, kto_objective, (data.UNPAIRED_PREFERENCE,),
                    reference=lambda hp: True, metrics=("kl", "rewards/chosen")),
+    "listwise": Offline(listwise_step, listwise_objective, (data.RANKED, data.PREFERENCE),
+                        reference=lambda hp: not hp.reference_free,
+                        metrics=("rewards/accuracies",)),
 }

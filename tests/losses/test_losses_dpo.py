@@ -12,7 +12,9 @@ B = 6
 BETA = 0.3
 ALL_TYPES = ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "nca_pair",
              "bco_pair", "sppo_hard", "apo_zero", "apo_down", "discopop",
-             "sigmoid_norm")
+             "sigmoid_norm", "simpo", "cpo", "orpo")
+REF_FREE_TYPES = ("simpo", "cpo", "orpo")
+SIMPO_GAMMA = 0.5
 
 
 def _inputs(seed=0):
@@ -22,11 +24,18 @@ def _inputs(seed=0):
   return pc, pr, rc, rr, lc, lr
 
 
-def _np_dpo(loss_type, pc, pr, rc, rr, lc, lr, beta, eps=0.0, tau=0.05):
-  """Per-pair losses written from docs/references.md, averaged."""
+def _np_dpo(loss_type, pc, pr, rc, rr, lc, lr, beta, eps=0.0, tau=0.05,
+            gamma=SIMPO_GAMMA):
+  """Per-pair losses written from docs/references.md, averaged.
+
+  simpo, cpo and orpo from their papers (arXiv 2405.14734, 2401.08417,
+  2403.07691) as TRL's CPOTrainer / ORPOTrainer compute them: policy
+  log-probs only, rc and rr unused.
+  """
   f64 = lambda x: np.asarray(x, np.float64)
   sc, sr = f64(pc) - f64(rc), f64(pr) - f64(rr)
   z = beta * (sc - sr)
+  mean_c, mean_r = f64(pc) / f64(lc), f64(pr) / f64(lr)  # p̄: per-token log π
   if loss_type == "sigmoid":
     out = -(1 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z)
   elif loss_type == "robust":
@@ -55,6 +64,16 @@ def _np_dpo(loss_type, pc, pr, rc, rr, lc, lr, beta, eps=0.0, tau=0.05):
     out = (1 - m) * (-log_sigmoid(z)) + m * np.exp(-z)
   elif loss_type == "sigmoid_norm":
     out = -log_sigmoid(beta * (sc / lc - sr / lr))
+  elif loss_type == "simpo":
+    x = beta * (mean_c - mean_r) - gamma
+    out = -(1 - eps) * log_sigmoid(x) - eps * log_sigmoid(-x)
+  elif loss_type == "cpo":
+    x = beta * (f64(pc) - f64(pr))
+    out = -(1 - eps) * log_sigmoid(x) - eps * log_sigmoid(-x) - mean_c
+  elif loss_type == "orpo":
+    log_odds_c = mean_c - np.log1p(-np.exp(mean_c))
+    log_odds_r = mean_r - np.log1p(-np.exp(mean_r))
+    out = -mean_c - beta * log_sigmoid(log_odds_c - log_odds_r)
   else:
     raise AssertionError(loss_type)
   return out.mean()
@@ -80,13 +99,17 @@ def test_dpo_loss_types_golden(loss_type):
   assert_finite_tree(grads)
 
 
-@pytest.mark.parametrize("loss_type", ["sigmoid", "robust", "exo_pair"])
+@pytest.mark.parametrize("loss_type",
+                         ["sigmoid", "robust", "exo_pair", "simpo", "cpo"])
 def test_dpo_label_smoothing_golden(loss_type):
   pc, pr, rc, rr, lc, lr = _inputs(2)
   expected = _np_dpo(loss_type, pc, pr, rc, rr, lc, lr, BETA, eps=0.1)
   loss, _ = losses.dpo_loss(pc, pr, rc, rr, beta=BETA, loss_type=loss_type,
-                            label_smoothing=0.1)
+                            label_smoothing=0.1, chosen_lengths=lc,
+                            rejected_lengths=lr)
   assert_close(loss, expected)
+  assert np.abs(expected - _np_dpo(loss_type, pc, pr, rc, rr, lc, lr,
+                                   BETA)) > 1e-3  # ε matters here
 
 
 def test_sigmoid_dpo_at_reference_is_log2():
@@ -137,6 +160,145 @@ def test_dpo_reference_free():
   assert_close(loss2, expected)
 
 
+@pytest.mark.parametrize("loss_type", ALL_TYPES)
+def test_reference_free_equals_zero_reference(loss_type):
+  pc, pr, rc, rr, lc, lr = _inputs(6)
+  zeros = np.zeros(B, np.float32)
+  kw = dict(beta=BETA, loss_type=loss_type, chosen_lengths=lc,
+            rejected_lengths=lr)
+  free, m_free = losses.dpo_loss(pc, pr, rc, rr, reference_free=True, **kw)
+  at_zero, m_zero = losses.dpo_loss(pc, pr, zeros, zeros, **kw)
+  assert_close(free, at_zero)
+  assert_close(free, _np_dpo(loss_type, pc, pr, zeros, zeros, lc, lr, BETA))
+  assert_close(m_free["rewards/chosen"], m_zero["rewards/chosen"])
+
+
+# --------------------------------------------------------------------------
+# The reference-free family: SimPO, CPO, ORPO
+# --------------------------------------------------------------------------
+
+
+def test_reference_free_types_constant():
+  assert losses.REFERENCE_FREE_LOSS_TYPES == REF_FREE_TYPES
+  assert set(REF_FREE_TYPES) <= set(losses.DPO_LOSS_TYPES)
+
+
+@pytest.mark.parametrize("loss_type", REF_FREE_TYPES)
+def test_reference_free_types_ignore_reference(loss_type):
+  pc, pr, rc, rr, lc, lr = _inputs(8)
+  fn = jax.jit(functools.partial(losses.dpo_loss, beta=BETA,
+                                 loss_type=loss_type, chosen_lengths=lc,
+                                 rejected_lengths=lr))
+  loss, _ = fn(pc, pr, rc, rr)
+  expected = _np_dpo(loss_type, pc, pr, rc, rr, lc, lr, BETA)
+  assert_close(loss, expected)
+  # Any reference, or none, gives the same loss and the same gradient.
+  grad = lambda a, b: jax.grad(lambda x: fn(x, pr, a, b)[0])(pc)
+  for ref_c, ref_r in ((rr, rc), (rc + 7.0, rr - 3.0), (None, None)):
+    loss2, _ = fn(pc, pr, ref_c, ref_r)
+    assert_close(loss2, expected)
+    assert_close(grad(ref_c, ref_r), grad(rc, rr))
+
+
+@pytest.mark.parametrize("loss_type", REF_FREE_TYPES)
+def test_reference_free_types_accept_no_reference(loss_type):
+  pc, pr, _, _, lc, lr = _inputs(9)
+  zeros = np.zeros(B, np.float32)
+  loss, m = losses.dpo_loss(pc, pr, None, None, beta=BETA, loss_type=loss_type,
+                            chosen_lengths=lc, rejected_lengths=lr)
+  assert_close(loss, _np_dpo(loss_type, pc, pr, zeros, zeros, lc, lr, BETA))
+  # Reward metrics fall back to log π_ref := 0, i.e. β·p.
+  assert_close(m["rewards/chosen"], BETA * pc.astype(np.float64).mean())
+  assert_close(m["rewards/rejected"], BETA * pr.astype(np.float64).mean())
+  assert_close(m["rewards/margins"],
+               BETA * (pc.astype(np.float64) - pr).mean())
+
+
+def test_reference_free_types_mixed_with_reference():
+  pc, pr, rc, rr, lc, lr = _inputs(10)
+  kw = dict(beta=BETA, chosen_lengths=lc, rejected_lengths=lr)
+  # All reference-free: None is fine, even combined.
+  loss, _ = losses.dpo_loss(pc, pr, None, None,
+                            loss_type=("simpo", "orpo"), **kw)
+  assert_close(loss, _np_dpo("simpo", pc, pr, rc, rr, lc, lr, BETA)
+               + _np_dpo("orpo", pc, pr, rc, rr, lc, lr, BETA))
+  # With a type that needs the reference, it is still required.
+  for types in ("sigmoid", ("simpo", "sigmoid"), ("orpo", "ipo")):
+    with pytest.raises(ValueError, match="reference_free"):
+      losses.dpo_loss(pc, pr, None, None, loss_type=types, **kw)
+  # Given, it is used by the reference type and ignored by the other.
+  types, weights = ("cpo", "sigmoid"), (1.0, 0.5)
+  loss, m = losses.dpo_loss(pc, pr, rc, rr, loss_type=types,
+                            loss_weights=weights, **kw)
+  assert_close(loss, sum(w * _np_dpo(t, pc, pr, rc, rr, lc, lr, BETA)
+                         for t, w in zip(types, weights)))
+  assert_close(m["rewards/chosen"], BETA * (pc.astype(np.float64) - rc).mean())
+  with pytest.raises(ValueError, match="or neither"):
+    losses.dpo_loss(pc, pr, rc, None, loss_type="simpo", **kw)
+
+
+def test_simpo_gamma_shifts_the_margin():
+  pc, pr, rc, rr, lc, lr = _inputs(11)
+  kw = dict(beta=BETA, loss_type="simpo", chosen_lengths=lc,
+            rejected_lengths=lr)
+  values = []
+  for gamma in (0.0, 0.5, 2.0):
+    loss, _ = losses.dpo_loss(pc, pr, None, None, simpo_gamma=gamma, **kw)
+    assert_close(loss, _np_dpo("simpo", pc, pr, rc, rr, lc, lr, BETA,
+                               gamma=gamma))
+    values.append(float(loss))
+  assert values[0] < values[1] < values[2]  # a larger target margin costs more
+  # γ = 0 is sigmoid DPO on per-token policy log-probs (no reference).
+  norm, _ = losses.dpo_loss(pc, pr, None, None, reference_free=True,
+                            **{**kw, "loss_type": "sigmoid_norm"})
+  assert_close(values[0], norm)
+  # Raising p̄_c by γ/β exactly pays the margin back.
+  gamma = 2.0
+  shifted, _ = losses.dpo_loss(pc + gamma / BETA * lc, pr, None, None,
+                               simpo_gamma=gamma, **kw)
+  assert_close(shifted, values[0], rtol=1e-4)
+
+
+def test_cpo_is_sigmoid_on_policy_logps_plus_nll():
+  pc, pr, rc, rr, lc, lr = _inputs(12)
+  kw = dict(beta=BETA, chosen_lengths=lc, rejected_lengths=lr)
+  cpo, _ = losses.dpo_loss(pc, pr, rc, rr, loss_type="cpo", **kw)
+  sig_sft, _ = losses.dpo_loss(pc, pr, None, None, loss_type="sigmoid",
+                               reference_free=True, sft_weight=1.0, **kw)
+  assert_close(cpo, sig_sft)
+
+
+def test_orpo_is_finite_at_extreme_logps():
+  # p̄ = 0 (probability 1: log(1 − e^p̄) is clipped) and very negative p̄.
+  pc = np.array([0.0, -1e4, -1e-7, -3.0], np.float32)
+  pr = np.array([-1e4, 0.0, -3.0, -1e-7], np.float32)
+  lc = lr = np.array([5.0, 5.0, 1.0, 1.0], np.float32)
+  kw = dict(beta=BETA, loss_type="orpo", chosen_lengths=lc,
+            rejected_lengths=lr)
+  fn = lambda a, b: losses.dpo_loss(a, b, None, None, **kw)[0]
+  loss = fn(pc, pr)
+  grads = jax.grad(fn, argnums=(0, 1))(pc, pr)
+  assert_finite_tree((loss, grads))
+  # Golden with p = e^p̄ clipped at 1 − 1e-5, as log1m_prob does.
+  mean_c, mean_r = pc.astype(np.float64) / lc, pr.astype(np.float64) / lr
+  log1m = lambda m: np.log1p(-np.exp(np.minimum(m, np.log1p(-1e-5))))
+  odds = (mean_c - log1m(mean_c)) - (mean_r - log1m(mean_r))
+  assert_close(loss, np.mean(-mean_c - BETA * log_sigmoid(odds)), rtol=1e-4)
+  # The NLL term keeps pulling p̄_c up even where the odds term saturates.
+  assert np.all(np.asarray(grads[0]) < 0)
+
+
+@pytest.mark.parametrize("loss_type", REF_FREE_TYPES)
+def test_reference_free_types_gradients_finite(loss_type):
+  pc = np.array([0.0, -500.0, -1.0, -40.0], np.float32)
+  pr = np.array([-500.0, 0.0, -1.0, -0.5], np.float32)
+  lc = lr = np.array([1.0, 3.0, 0.0, 20.0], np.float32)  # 0: empty completion
+  fn = lambda a, b: losses.dpo_loss(a, b, None, None, beta=1.0,
+                                    loss_type=loss_type, chosen_lengths=lc,
+                                    rejected_lengths=lr)[0]
+  assert_finite_tree((fn(pc, pr), jax.grad(fn, argnums=(0, 1))(pc, pr)))
+
+
 def test_dpo_metrics():
   pc, pr, rc, rr, _, _ = _inputs(7)
   _, m = losses.dpo_loss(pc, pr, rc, rr, beta=BETA)
@@ -172,7 +334,8 @@ def test_unknown_loss_type_lists_supported():
     losses.dpo_loss(pc, pr, rc, rr, loss_type=("sigmoid", "nope"))
 
 
-@pytest.mark.parametrize("loss_type", ["ipo", "sigmoid_norm"])
+@pytest.mark.parametrize("loss_type",
+                         ["ipo", "sigmoid_norm", "simpo", "cpo", "orpo"])
 def test_length_normalised_types_require_lengths(loss_type):
   pc, pr, rc, rr, _, _ = _inputs()
   with pytest.raises(ValueError, match="chosen_lengths"):

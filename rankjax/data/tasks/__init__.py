@@ -36,5 +36,6 @@ from rankjax.data.tasks.gsm8k import GSM8K
 from rankjax.data.tasks._task import load_callable
 from rankjax.data.tasks._task import noisy_demonstrations
 from rankjax.data.tasks._task import preference_records
+from rankjax.data.tasks._task import ranked_records
 from rankjax.data.tasks._task import Task
 from rankjax.data.tasks._task import wrong_answer

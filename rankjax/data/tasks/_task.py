@@ -84,9 +84,12 @@ class Task:
       records = self.records("train")
     return records[:n]
 
-  def training_source(self, split: str, *, paired: bool, seed: int, noise: float = 0.0):
+  def training_source(self, split: str, *, paired: bool, seed: int, noise: float = 0.0,
+                      list_size: int = 0):
     """Rows for the offline stages, or None when `split` has none. Default:
-    the records as they are (their format must suit the stage)."""
+    the records as they are (their format must suit the stage). `paired`:
+    the stage trains on preferences; `list_size` > 0: on ranked lists of
+    that many completions (the listwise stage)."""
     records = self.records(split)
     return _sources.RecordSource(records, name=f"{self.name}:{split}") if records else None
 
@@ -126,15 +129,40 @@ def wrong_answer(answer: str, rng: np.random.Generator) -> str:
   return str(decimal.Decimal(answer) + delta)
 
 
+def with_answer(completion: str, answer: str, marker: str | None) -> str:
+  """The completion with its final answer replaced by `answer` (text before
+  the last `marker` kept; no marker: the completion is the answer)."""
+  if marker is None:
+    return answer
+  head = completion.rsplit(marker, 1)[0]
+  return f"{head}{marker} {answer}"
+
+
 def corrupt_completion(completion: str, answer: str, marker: str | None,
                        rng: np.random.Generator) -> str:
-  """The completion with its final answer wrong (text before the last
-  `marker` kept; no marker: the completion is the answer)."""
-  wrong = wrong_answer(answer, rng)
-  if marker is None:
-    return wrong
-  head = completion.rsplit(marker, 1)[0]
-  return f"{head}{marker} {wrong}"
+  """The completion with its final answer wrong (`wrong_answer`)."""
+  return with_answer(completion, wrong_answer(answer, rng), marker)
+
+
+def ranked_records(records: list[dict], *, size: int, seed: int,
+                   marker: str | None) -> list[dict]:
+  """Records with a numeric `answer` -> ranked lists {prompt, completions,
+  scores} of `size` candidates: the demonstration (score 1) and size − 1
+  copies with the final answer off by distinct offsets d ∈ ±1..9, scored
+  1 − |d| / 10 (a near miss ranks above a far one; +d and −d tie). Seeded
+  by (seed, row), like `preference_records`."""
+  if not 2 <= size <= 19:
+    raise ValueError(f"ranked lists of the built-in tasks hold 2..19 candidates, got {size}")
+  offsets = np.asarray([d for d in range(-9, 10) if d])
+  out = []
+  for i, r in enumerate(records):
+    picked = np.random.default_rng([seed, i, 1]).choice(offsets, size - 1, replace=False)
+    completions = [r["completion"]] + [
+        with_answer(r["completion"], str(decimal.Decimal(r["answer"]) + int(d)), marker)
+        for d in picked]
+    scores = [1.0] + [1.0 - abs(int(d)) / 10 for d in picked]
+    out.append({"prompt": r["prompt"], "completions": completions, "scores": scores})
+  return out
 
 
 def preference_records(records: list[dict], *, seed: int, marker: str | None) -> list[dict]:
@@ -169,17 +197,21 @@ def noisy_demonstrations(rows: list[dict], records: list[dict], fraction: float,
 
 class NumericTask(Task):
   """Problems with demonstrations and a numeric reference `answer`: the
-  preference stages pair each demonstration with a wrong-answer copy, and
-  SFT may read a seeded share of them wrong (`noise`)."""
+  preference stages pair each demonstration with a wrong-answer copy, the
+  listwise stage ranks it above several (`ranked_records`), and SFT may
+  read a seeded share of them wrong (`noise`)."""
 
   # Where the final answer starts in a demonstration (None: it is all answer).
   answer_marker: str | None = None
 
-  def training_source(self, split: str, *, paired: bool, seed: int, noise: float = 0.0):
+  def training_source(self, split: str, *, paired: bool, seed: int, noise: float = 0.0,
+                      list_size: int = 0):
     records = self.records(split)
     if not records:
       return None
-    if paired:
+    if list_size:
+      rows = ranked_records(records, size=list_size, seed=seed, marker=self.answer_marker)
+    elif paired:
       rows = preference_records(records, seed=seed, marker=self.answer_marker)
     else:
       rows = [{"prompt": r["prompt"], "completion": r["completion"]} for r in records]
@@ -227,7 +259,8 @@ class FileTask(Task):
     path = self.paths[split]
     return _sources.open_source(path) if path else None
 
-  def training_source(self, split: str, *, paired: bool, seed: int, noise: float = 0.0):
+  def training_source(self, split: str, *, paired: bool, seed: int, noise: float = 0.0,
+                      list_size: int = 0):
     return self._source(split)
 
   @functools.cache
