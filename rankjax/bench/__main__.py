@@ -13,6 +13,7 @@ BENCHMARKS = {
     "train": "rankjax.bench.train",
     "data": "rankjax.bench.data",
     "grpo": "rankjax.bench.grpo",
+    "objectives": "rankjax.bench.objectives",
 }
 
 

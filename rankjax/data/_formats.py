@@ -153,7 +153,7 @@ Record = (LMRecord | PromptRecord | PromptCompletionRecord | PreferenceRecord
 def detect_format(row: Mapping[str, Any]) -> str | None:
   """The format a row's keys identify, or None."""
   keys = set(row)
-  if {"prompt", "completions", "scores"} <= keys:
+  if {"prompt", "completions"} <= keys:  # a missing `scores` is then named
     return RANKED
   if {"chosen", "rejected"} <= keys:
     return PREFERENCE
@@ -295,11 +295,7 @@ def _parse_preference(row):
     prompt, chosen, rejected = extract_prompt(chosen, rejected)
   margin = row.get("margin")
   if margin is not None:
-    if isinstance(margin, (bool, np.bool_)) or not isinstance(
-        margin, (int, float, np.integer, np.floating)):
-      raise DataError(f"expected a number, got {type(margin).__name__}",
-                      field="margin", reason="wrong_type")
-    margin = float(margin)
+    margin = _number(margin, "margin")
   return PreferenceRecord(prompt, chosen, rejected, margin)
 
 
@@ -320,9 +316,13 @@ def _number(value, field: str) -> float:
       value, (int, float, np.integer, np.floating)):
     raise DataError(f"expected a number, got {type(value).__name__}", field=field,
                     reason="wrong_type")
-  if not np.isfinite(value):
+  try:
+    number = float(value)
+  except OverflowError:  # a JSON integer too large for a float
+    number = float("inf")
+  if not np.isfinite(number):
     raise DataError(f"must be finite, got {value}", field=field, reason="wrong_type")
-  return float(value)
+  return number
 
 
 def _parse_ranked(row):

@@ -131,6 +131,8 @@ class PipelineConfig:
     if any(b < 1 or b > self.max_length for b in self.buckets):
       raise ValueError(f"buckets {self.buckets} must lie in [1, max_length="
                        f"{self.max_length}]")
+    if self.list_size < 0:
+      raise ValueError(f"list_size must be >= 0, got {self.list_size}")
     if self.num_epochs is not None and self.num_epochs < 1:
       raise ValueError(f"num_epochs must be >= 1 or None, got "
                        f"{self.num_epochs}")

@@ -35,6 +35,7 @@ from rankjax.inference._metrics import weighted_vote_at_k
 from rankjax.inference._plots import plot_pass_at_k
 from rankjax.inference._plots import plot_ranking_curve
 from rankjax.inference._plots import plot_reward_curve
+from rankjax.inference._plots import read_metrics
 from rankjax.inference._prompts import COT_TRIGGER
 from rankjax.data.tasks import encode_prompt
 from rankjax.inference._prompts import extract_think_answer
@@ -67,5 +68,5 @@ __all__ = [
     "decode_completions", "group", "group_list", "loglik_scores", "majority_vote",
     "reward_model_scores", "verifier_scores", "verify_and_revise", "weighted_vote",
     "stage_eval", "stage_rerank", "soft_best_of_n", "soft_best_of_n_expected",
-    "plot_ranking_curve",
+    "plot_ranking_curve", "read_metrics",
 ]

@@ -19,7 +19,8 @@ from rankjax.train._optim import decay_mask, make_optimizer, make_schedule
 from rankjax.train._state import (TrainState, batch_sharding, create_train_state, put_batch,
                                   tree_shardings)
 from rankjax.train._steps import (OFFLINE, Offline, apply_grads, check_batch, compute_grads,
-                                  concat_pair, dpo_loss_fn, dpo_objective, dpo_step, eval_step,
+                                  concat_pair, dpo_loss_fn, dpo_reference_free, dpo_objective,
+                                  dpo_step, eval_step,
                                   head_logprobs, kto_loss_fn, kto_objective, kto_step,
                                   as_lists, check_lists, listwise_loss_fn, listwise_objective,
                                   listwise_step, mismatched_pairs,
@@ -51,4 +52,5 @@ __all__ = [
     "jit_rl_step", "rollout_settings", "Rollout", "RolloutSettings", "logprob_mismatch",
     "rollout", "sample_completions", "score_completions", "as_lists", "check_lists",
     "listwise_loss_fn", "listwise_objective", "listwise_step", "stage_listwise",
+    "dpo_reference_free",
 ]

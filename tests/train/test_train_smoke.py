@@ -17,7 +17,10 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_layers=1",
         "--config.data.max_prompt_length=16",
         "--config.data.num_train=16", "--config.data.num_eval=8",
         "--config.log_every=1", "--config.eval_every=2"]
-STAGES = {"sft": ("sft",), "rm": ("rm",), "dpo": ("sft", "dpo"), "kto": ("sft", "kto")}
+STAGES = {"sft": ("sft",), "rm": ("rm",), "dpo": ("sft", "dpo"), "kto": ("sft", "kto"),
+          "listwise": ("sft", "listwise")}
+# Recipes whose pipeline also evaluates: the smoke test runs the training stages only.
+PIPELINE = {"listwise": "--config.pipeline=sft,listwise"}
 
 
 def _launch(recipe, workdir, *extra, code=0):
@@ -41,7 +44,8 @@ def _check_export(path):
 @pytest.mark.parametrize("recipe", list(STAGES))
 def test_recipe_two_steps(recipe, tmp_path):
   stages = STAGES[recipe]
-  _launch(recipe, tmp_path, *[f"--config.{s}.steps=2" for s in stages])
+  _launch(recipe, tmp_path, *[f"--config.{s}.steps=2" for s in stages],
+          *([PIPELINE[recipe]] if recipe in PIPELINE else []))
   rows = _metrics(tmp_path)
   for stage in stages:
     train_rows = [r for r in rows if r["stage"] == stage and "loss" in r]
