@@ -14,6 +14,7 @@ BENCHMARKS = {
     "data": "rankjax.bench.data",
     "grpo": "rankjax.bench.grpo",
     "objectives": "rankjax.bench.objectives",
+    "plan": "rankjax.bench.plan",
 }
 
 

@@ -1,7 +1,7 @@
 """GRPO objectives side by side, from one SFT model: held-out pass@1 /
 pass@k, the Kendall τ curve and the step time of each.
 
-    python -m rankjax.bench objectives [--objectives "clipped;plackett_luce;..."]
+    python -m rankjax.bench objectives [--objectives "clipped;softmax;clipped,softmax;..."]
         [--listwise-beta 0.1] [--sft-steps 3000] [--grpo-steps 800]
         [--problems 200] [--workdir DIR] [--tiny] [--json PATH]
 
@@ -41,7 +41,7 @@ from rankjax import config as config_lib, inference, losses, parallel, rewards a
 from rankjax import run as run_lib, train
 from rankjax.bench import _common
 
-_DEFAULT_OBJECTIVES = "clipped;plackett_luce;clipped,plackett_luce"
+_DEFAULT_OBJECTIVES = "clipped;softmax;clipped,softmax;lipo_lambda"
 
 
 def parse_args(argv):

@@ -16,8 +16,8 @@ The pipeline stages "sft", "rm", "dpo", "kto", "listwise" (`_stages`), "grpo" an
 from rankjax.train._loop import (LoopConfig, MetricsWriter, Progress, evaluate_batches,
                                  jit_eval, jit_step, train_loop)
 from rankjax.train._optim import decay_mask, make_optimizer, make_schedule
-from rankjax.train._state import (TrainState, batch_sharding, create_train_state, put_batch,
-                                  tree_shardings)
+from rankjax.train._state import (TrainState, abstract_train_state, batch_sharding,
+                                  create_train_state, put_batch, tree_shardings)
 from rankjax.train._steps import (OFFLINE, Offline, apply_grads, check_batch, compute_grads,
                                   concat_pair, dpo_loss_fn, dpo_reference_free, dpo_objective,
                                   dpo_step, eval_step,
@@ -52,5 +52,5 @@ __all__ = [
     "jit_rl_step", "rollout_settings", "Rollout", "RolloutSettings", "logprob_mismatch",
     "rollout", "sample_completions", "score_completions", "as_lists", "check_lists",
     "listwise_loss_fn", "listwise_objective", "listwise_step", "stage_listwise",
-    "dpo_reference_free",
+    "dpo_reference_free", "abstract_train_state",
 ]

@@ -126,15 +126,35 @@ def create_train_state(model: models.Transformer, tx: optax.GradientTransformati
   weight of the policy (e.g. `nnx.Any(nnx.LoRAParam, nnx.PathContains("score"))`
   also trains PPO's value head).
   """
+  init, model_state, abstract = _plan(model, tx, seed, with_reference, trainable)
+  shardings = tree_shardings(abstract, mesh)
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)(model_state)
+  return state, shardings
+
+
+def _plan(model, tx, seed, with_reference, trainable):
+  """(init, model state, abstract TrainState) of `create_train_state`."""
   graphdef, model_state = nnx.split(model)
   lora = bool(models.lora_targets(model))
   if trainable is None:
     trainable = nnx.LoRAParam if lora else nnx.Param
   init = lambda s: _init(s, graphdef, tx, seed, with_reference, lora, trainable)
-  abstract = jax.eval_shape(init, model_state)
+  return init, model_state, jax.eval_shape(init, model_state)
+
+
+def abstract_train_state(model: models.Transformer, tx: optax.GradientTransformation,
+                         mesh: Mesh, *, with_reference: bool = False,
+                         trainable: nnx.filterlib.Filter | None = None) -> tuple[TrainState, Any]:
+  """(state, shardings) as `create_train_state` would lay them out, with
+  `jax.ShapeDtypeStruct` leaves that carry their shardings: nothing is
+  allocated, so a step can be lowered and compiled ahead of time for a
+  mesh of devices this machine does not have (`bench plan`). `model` may
+  itself be abstract (`models.create_abstract`)."""
+  _, _, abstract = _plan(model, tx, 0, with_reference, trainable)
   shardings = tree_shardings(abstract, mesh)
-  with jax.set_mesh(mesh):
-    state = jax.jit(init, out_shardings=shardings)(model_state)
+  state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                       abstract, shardings)
   return state, shardings
 
 

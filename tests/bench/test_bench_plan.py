@@ -1,0 +1,95 @@
+"""`python -m rankjax.bench plan`: a tiny model's SFT and GRPO steps compiled
+ahead of time for a TPU v5e 2x2 slice on this CPU machine, through libtpu.
+
+libtpu is not a test dependency (installed, it makes every jax start-up
+print TPU warnings): the test installs the version jax pins into a cache
+directory with pip and puts it on the subprocess's path. It skips, saying
+why, only where pip cannot install it."""
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from rankjax import models, parallel, train
+
+
+def _libtpu_requirement() -> str:
+  """`libtpu==<jax's pin>` from jax's own metadata (its `tpu` extra)."""
+  for req in importlib.metadata.requires("jax") or ():
+    if req.startswith("libtpu"):
+      return req.split(";")[0].strip()
+  pytest.skip("this jax declares no libtpu pin")
+
+
+@pytest.fixture(scope="module")
+def libtpu_path():
+  if importlib.util.find_spec("libtpu") is not None:
+    return ""
+  req = _libtpu_requirement()
+  version = re.sub(r"[^0-9.]", "", req.split("==")[-1]).strip(".")
+  target = Path(os.environ.get("RANKJAX_LIBTPU_DIR",
+                               Path.home() / ".cache" / "rankjax" / f"libtpu-{version}"))
+  if not (target / "libtpu").is_dir():
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--target", str(target), req], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode:
+      pytest.skip(f"libtpu ({req}) cannot be installed here: {proc.stderr[-400:]}")
+  return str(target)
+
+
+@pytest.fixture(scope="module")
+def plans(libtpu_path, tmp_path_factory):
+  path = tmp_path_factory.mktemp("plan") / "plan.json"
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (libtpu_path, env.get("PYTHONPATH")) if p)
+  cmd = [sys.executable, "-m", "rankjax.bench", "plan", "--tiny", "--topology", "v5e:2x2",
+         "--stage", "sft,grpo", "--json", str(path)]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc.stdout, json.loads(path.read_text())["plans"]
+
+
+def test_steps_compile_for_v5e_2x2_and_fit(plans):
+  stdout, result = plans
+  assert [p["stage"] for p in result] == ["sft", "grpo"]
+  for p in result:
+    assert p["chips"] == 4 and p["topology"] == "v5e:2x2"
+    assert p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert p["hbm_bytes"] == 16 * 2**30 and p["fits"] is True
+    assert p["peak_bytes"] == (p["argument_bytes"] + p["temp_bytes"] + p["output_bytes"]
+                               - p["alias_bytes"])
+    # One chip holds about a quarter of the float32 parameters and both AdamW
+    # moments (embeddings and norms shard unevenly or not at all).
+    state_bytes = 3 * 4 * p["num_params"]
+    assert state_bytes / 4 <= p["argument_bytes"] < state_bytes / 2, p
+    # The state is donated: the new one is written in place of the old.
+    assert p["alias_bytes"] > 0.9 * state_bytes / 4
+    assert p["compile_seconds"] > 0
+  assert "per-chip memory" in stdout and "v5e:2x2" in stdout
+
+
+def test_abstract_train_state_matches_the_real_one():
+  cfg = models.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1,
+                           num_heads=2, num_kv_heads=1, head_dim=16)
+  mesh = parallel.make_mesh({"data": -1})
+  tx = optax.adamw(1e-3)
+  real, real_sh = train.create_train_state(models.create(cfg), tx, mesh, with_reference=True)
+  abstract, abstract_sh = train.abstract_train_state(models.create_abstract(cfg), tx, mesh,
+                                                     with_reference=True)
+  assert jax.tree.structure(real) == jax.tree.structure(abstract)
+  for r, a in zip(jax.tree.leaves(real), jax.tree.leaves(abstract)):
+    assert isinstance(a, jax.ShapeDtypeStruct)
+    assert (a.shape, a.dtype) == (np.shape(r), r.dtype)
+    assert a.sharding == r.sharding
+  assert jax.tree.leaves(real_sh) == jax.tree.leaves(abstract_sh)
