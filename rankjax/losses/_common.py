@@ -109,3 +109,22 @@ def check_choice(name: str, value, supported) -> None:
     raise ValueError(
         f"Unknown {name}={value!r}; supported: {', '.join(map(repr, supported))}."
     )
+
+
+def weighted_types(loss_type, loss_weights, registry, family: str
+                   ) -> tuple[tuple[str, ...], tuple[float, ...]]:
+  """(names, weights) of a `loss_type` argument (a name or a sequence of
+  names in `registry`) and its `loss_weights` (default 1 each); raises
+  ValueError naming the problem."""
+  names = (loss_type,) if isinstance(loss_type, str) else tuple(loss_type)
+  if not names:
+    raise ValueError("loss_type is empty.")
+  for name in names:
+    if name not in registry:
+      raise ValueError(f"Unknown {family} loss_type={name!r}; supported: "
+                       f"{', '.join(registry)}.")
+  weights = (1.0,) * len(names) if loss_weights is None else tuple(loss_weights)
+  if len(weights) != len(names):
+    raise ValueError(f"loss_weights has {len(weights)} entries for "
+                     f"{len(names)} loss types {names}.")
+  return names, weights

@@ -280,18 +280,7 @@ def dpo_loss(
     rewards/margins, rewards/accuracies, logps/chosen, logps/rejected, and
     loss/<type> per type (plus loss/sft when sft_weight ≠ 0).
   """
-  loss_types = (loss_type,) if isinstance(loss_type, str) else tuple(loss_type)
-  if not loss_types:
-    raise ValueError("loss_type is empty.")
-  for name in loss_types:
-    if name not in _LOSSES:
-      raise ValueError(f"Unknown DPO loss_type={name!r}; supported: "
-                       f"{', '.join(DPO_LOSS_TYPES)}.")
-  if loss_weights is None:
-    loss_weights = (1.0,) * len(loss_types)
-  if len(loss_weights) != len(loss_types):
-    raise ValueError(f"loss_weights has {len(loss_weights)} entries for "
-                     f"{len(loss_types)} loss types {loss_types}.")
+  loss_types, loss_weights = _common.weighted_types(loss_type, loss_weights, _LOSSES, "DPO")
   needs_ref = not reference_free and any(
       name not in REFERENCE_FREE_LOSS_TYPES for name in loss_types)
   no_ref = ref_chosen_logps is None or ref_rejected_logps is None

@@ -170,18 +170,7 @@ def listwise_loss(
     valid candidates), rewards/accuracies (fraction of ordered pairs
     ψ_i > ψ_j with z_i > z_j), informative_lists (fraction of lists).
   """
-  loss_types = (loss_type,) if isinstance(loss_type, str) else tuple(loss_type)
-  if not loss_types:
-    raise ValueError("loss_type is empty.")
-  for name in loss_types:
-    if name not in _LOSSES:
-      raise ValueError(f"Unknown listwise loss_type={name!r}; supported: "
-                       f"{', '.join(LISTWISE_LOSS_TYPES)}.")
-  if loss_weights is None:
-    loss_weights = (1.0,) * len(loss_types)
-  if len(loss_weights) != len(loss_types):
-    raise ValueError(f"loss_weights has {len(loss_weights)} entries for "
-                     f"{len(loss_types)} loss types {loss_types}.")
+  loss_types, loss_weights = _common.weighted_types(loss_type, loss_weights, _LOSSES, "listwise")
   if not reference_free and ref_logps_bk is None:
     raise ValueError("ref_logps_bk is required unless reference_free=True.")
   if target_temperature < 0:
