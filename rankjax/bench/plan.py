@@ -36,7 +36,8 @@ over every chip (`--mesh fsdp`) or splits the chips into fsdp x tensor
 `--batch-per-chip` sequences of `--seq` tokens per chip (DPO: pairs);
 GRPO takes `--prompts` prompts of `--prompt-len` tokens, `--group`
 samples each, `--new-tokens` new tokens, the verifier replaced by an EOS
-reward (the same shape of work), β = 0 (no reference forward).
+reward (the same shape of work), β = 0 (no reference forward), and
+`--minibatches` updates per rollout (`grpo.num_minibatches`).
 """
 
 from __future__ import annotations
@@ -111,6 +112,9 @@ def parse_args(argv):
   p.add_argument("--group", type=int, default=8)
   p.add_argument("--prompt-len", type=int, default=256)
   p.add_argument("--new-tokens", type=int, default=1024)
+  p.add_argument("--minibatches", type=int, default=1,
+                 help="grpo.num_minibatches: updates per rollout, each on prompts/minibatches "
+                      "prompts' samples (the update's activations shrink with it)")
   p.add_argument("--logits-chunk", type=int, default=1024)
   p.add_argument("--remat-policy", default="full", choices=("full", "dots_saveable", "none"))
   p.add_argument("--mesh", default="fsdp", choices=("fsdp", "fsdp_tensor"))
@@ -183,7 +187,8 @@ def step_fn(args, stage: str, cfg: models.ModelConfig):
   if stage == "dpo":
     return functools.partial(train.dpo_step, hp=DPOCfg()), not args.lora_rank
   if stage == "grpo":
-    hp = GRPOCfg(num_prompts=args.prompts, group_size=args.group, num_iterations=1)
+    hp = GRPOCfg(num_prompts=args.prompts, group_size=args.group, num_iterations=1,
+                 num_minibatches=args.minibatches)
     settings = train.RolloutSettings(SampleCfg(max_new_tokens=args.new_tokens, temperature=1.0),
                                      eos_ids=(1,), pad_id=0)
     rewards = (rewards_lib.eos_reward(),)

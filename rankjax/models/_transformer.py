@@ -176,7 +176,27 @@ def causal_attention(q_btnh, k_bskh, v_bskh, mask_bts, block: int = _QUERY_BLOCK
 
 
 def grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
-                      prefix_mask_bs, mask_rtt):
+                      prefix_mask_bs, mask_rtt, block: int = _QUERY_BLOCK):
+  """`_grouped_attention` by query blocks of `block` continuation tokens,
+  each rematerialised in the backward (`jax.checkpoint`): block [i, i + C)
+  attends to the prefix and to its continuation's keys [0, i + C), and only
+  one block's [R, K, C, Q, S + i + C] scores are alive at a time, not the
+  whole [R, K, T, Q, S + T] (at 1024 new tokens these dominate a GRPO
+  update's memory). Exact for every query that sees a key: each query's
+  softmax still spans all of its visible keys."""
+  t = q_rtnh.shape[1]
+  if t <= block:
+    return _grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
+                              prefix_mask_bs, mask_rtt)
+  one = jax.checkpoint(_grouped_attention)
+  return jnp.concatenate(
+      [one(q_rtnh[:, i:i + block], k_prefix_bskh, v_prefix_bskh, k_rtkh[:, :i + block],
+           v_rtkh[:, :i + block], prefix_mask_bs, mask_rtt[:, i:i + block, :i + block])
+       for i in range(0, t, block)], axis=1)
+
+
+def _grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
+                       prefix_mask_bs, mask_rtt):
   """Attention of R = B·G continuations over their shared prefix and
   themselves, the prefix keys/values never copied G times.
 
@@ -193,6 +213,7 @@ def grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
   """
   r, t, n, h = q_rtnh.shape
   b, s, kh, _ = k_prefix_bskh.shape
+  u = k_rtkh.shape[1]  # own keys: t, or more for a query block (`grouped_attention`)
   g, qg = r // b, n // kh
   scale = h ** -0.5
 
@@ -209,13 +230,13 @@ def grouped_attention(q_rtnh, k_prefix_bskh, v_prefix_bskh, k_rtkh, v_rtkh,
   q_own = q6.reshape(r, t, kh, qg, h).transpose(0, 2, 1, 3, 4).reshape(r, kh, t * qg, h)
   s_own = jnp.einsum("RKMH,RKSH->RKMS", q_own, heads_first(k_rtkh),
                      preferred_element_type=jnp.float32) * scale
-  s_own = s_own.reshape(b, g, kh, t, qg, t)
+  s_own = s_own.reshape(b, g, kh, t, qg, u)
   s_pre = jnp.where(prefix_mask_bs[:, None, None, None, None, :], s_pre, _MASK_VALUE)
-  s_own = jnp.where(mask_rtt.reshape(b, g, 1, t, 1, t), s_own, _MASK_VALUE)
+  s_own = jnp.where(mask_rtt.reshape(b, g, 1, t, 1, u), s_own, _MASK_VALUE)
   probs = jax.nn.softmax(jnp.concatenate([s_pre, s_own], axis=-1), axis=-1)
   probs = probs.astype(v_rtkh.dtype)
   p_pre = probs[..., :s].transpose(0, 2, 1, 3, 4, 5).reshape(b, kh, g * t * qg, s)
-  p_own = probs[..., s:].reshape(r, kh, t * qg, t)
+  p_own = probs[..., s:].reshape(r, kh, t * qg, u)
   # The two halves of one weighted sum: added in float32, rounded once.
   o_pre = jnp.einsum("BKMS,BKSH->BKMH", p_pre, heads_first(v_prefix_bskh),
                      preferred_element_type=jnp.float32)
