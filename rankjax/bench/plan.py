@@ -22,9 +22,10 @@ XLA, and `compiled.memory_analysis()` gives the bytes one chip needs:
   peak_bytes      argument + temp + output − alias: what must fit
   fits            peak_bytes <= the chip's HBM
 
-A program whose temporaries alone exceed HBM is refused by libtpu's
-compiler; its figure then comes from the compiler's message, and the
-arguments from the shards' shapes.
+A program that does not fit HBM is refused by libtpu's compiler (which
+also counts its reserved memory and code): `fits` is then false, the
+temporaries come from the compiler's message and the arguments from the
+shards' shapes.
 
 The steps are the real ones (`train.sft_step`, `train.dpo_step`,
 `train.grpo_step` with its rollout: prefill, G samples per prompt, N decode
@@ -212,6 +213,7 @@ def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
   rep = NamedSharding(mesh, P())
   t0 = time.perf_counter()
   hbm = HBM_GIB[generation] * 2**30
+  refused = False
   with jax.set_mesh(mesh):
     jitted = jax.jit(fn, out_shardings=(state_sh, rep), donate_argnums=0)
     lowered = jitted.lower(state, batch)
@@ -220,11 +222,13 @@ def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
       arg, temp = int(mem.argument_size_in_bytes), int(mem.temp_size_in_bytes)
       out, alias = int(mem.output_size_in_bytes), int(mem.alias_size_in_bytes)
     except jax.errors.JaxRuntimeError as e:
-      # libtpu refuses programs whose temporaries exceed HBM; its message
-      # says how much they need ("... HLO temporaries (31.48G) exceeds ...").
-      need = re.search(r"temporaries \(([0-9.]+)([KMGT])\)", str(e))
+      # libtpu refuses programs that exceed HBM; its message says how much
+      # temporaries they need: "... HLO temporaries (31.48G) exceeds ..." or
+      # "... HLO temp 13.25G (...)".
+      need = re.search(r"HLO temp(?:oraries \(| +)([0-9.]+)([KMGT])", str(e))
       if "RESOURCE_EXHAUSTED" not in str(e) or not need:
         raise
+      refused = True
       temp = int(float(need.group(1)) * 2**(10 * "KMGT".index(need.group(2)) + 10))
       arg = sum(_shard_bytes(x) for x in jax.tree.leaves((state, batch)))
       out, alias = arg, arg - sum(_shard_bytes(x) for x in jax.tree.leaves(batch))
@@ -235,7 +239,8 @@ def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
           "model": model_name, "stage": stage, "lora_rank": args.lora_rank,
           "mesh": dict(mesh.shape), "num_params": cfg.num_params, "trainable_params": trainable,
           "argument_bytes": arg, "temp_bytes": temp, "output_bytes": out, "alias_bytes": alias,
-          "peak_bytes": peak, "hbm_bytes": hbm, "fits": peak <= hbm,
+          "peak_bytes": peak, "hbm_bytes": hbm, "fits": peak <= hbm and not refused,
+          "refused_by_compiler": refused,
           "compile_seconds": seconds}
 
 
