@@ -159,7 +159,7 @@ def abstract_model(cfg: models.ModelConfig, lora_rank: int):
       rngs=nnx.Rngs(params=1)))
 
 
-def _batch_specs(args, stage: str, chips: int, mesh, vocab: int) -> dict[str, Any]:
+def _batch_specs(args, stage: str, chips: int, mesh) -> dict[str, Any]:
   split = NamedSharding(mesh, P(("data", "fsdp")))
   # Fewer rows than chips (8 prompts on 16): the prompts are replicated;
   # the step's B·G sampled rows are what the compiler spreads.
@@ -181,7 +181,7 @@ def _shard_bytes(x: jax.ShapeDtypeStruct) -> int:
   return int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
 
 
-def step_fn(args, stage: str, cfg: models.ModelConfig):
+def step_fn(args, stage: str):
   """(step function, needs a reference) for `stage`, hyper-parameters bound."""
   if stage == "sft":
     return functools.partial(train.sft_step, hp=SFTCfg()), False
@@ -205,11 +205,11 @@ def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
   tensor = 4 if args.mesh == "fsdp_tensor" and chips % 4 == 0 and chips > 4 else 1
   mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": tensor}, devices=devices)
   cfg = model_config(args, model_name)
-  fn, reference = step_fn(args, stage, cfg)
+  fn, reference = step_fn(args, stage)
   tx = optax.adamw(1e-5, weight_decay=0.0)
   state, state_sh = train.abstract_train_state(abstract_model(cfg, args.lora_rank), tx, mesh,
                                                with_reference=reference)
-  batch = _batch_specs(args, stage, chips, mesh, cfg.vocab_size)
+  batch = _batch_specs(args, stage, chips, mesh)
   rep = NamedSharding(mesh, P())
   t0 = time.perf_counter()
   hbm = HBM_GIB[generation] * 2**30

@@ -99,7 +99,8 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
   target_rewards, target_correct_weight: the training reward,
     `target_correct_weight · correct + Σ target_rewards` (a reward that
     does not apply adds 0), in `EvalSamples.target_reward` when either is
-    given; soft best-of-N resamples by it.
+    given; soft best-of-N resamples by it. The same list as `rewards` is
+    scored once.
   """
   if not problems:
     raise ValueError("no problems to evaluate")
@@ -112,7 +113,10 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
             top_p=top_p, min_p=min_p)
   sample_rng, greedy_rng = jax.random.split(rng)
   scorer = rewards_lib.batch_scorer(rewards) if rewards else None
-  target_scorer = rewards_lib.batch_scorer(target_rewards) if target_rewards else None
+  same = (len(target_rewards) == len(rewards)
+          and all(t is r for t, r in zip(target_rewards, rewards)))
+  target_scorer = (rewards_lib.batch_scorer(target_rewards)
+                   if target_rewards and not same else None)
 
   texts, loglik, lengths, finished, reward, target = [], [], [], [], [], []
   start = 0
@@ -133,6 +137,7 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
   correct = np.asarray([_score(verifier(t, problems[r // k])) for r, t in enumerate(texts)])
   target_reward = None
   if target_rewards or target_correct_weight:
+    target = reward if same else target
     rest = np.nan_to_num(np.concatenate(target)) if target else 0.0
     target_reward = group(target_correct_weight * correct + rest, k)
 

@@ -60,33 +60,29 @@ def eval_label(pipeline, evals_done: int, stage: str = "eval") -> str:
   return "base"
 
 
-def eval_rewards(run: Run, problems) -> list:
-  """The run's rewards for best-of-N and reward-weighted votes: the GRPO
-  reward list without "correct" (the verifier is what pass@k counts),
-  plus the reward model when a stage trained one."""
+def eval_rewards(run: Run, problems) -> tuple[list, list, float]:
+  """(rewards, target rewards, correct weight), each reward built once.
+
+  rewards: the run's rewards for best-of-N and reward-weighted votes: the
+    GRPO reward list without "correct" (the verifier is what pass@k
+    counts), plus the reward model when a stage trained one that GRPO does
+    not list.
+  target rewards, correct weight: the GRPO reward itself, as its rewards
+    other than "correct" and the weight of "correct"; soft best-of-N
+    resamples by what training optimises. Without an extra reward model
+    it is the same list as `rewards` (so `collect` scores it once).
+  """
   g = run.cfg.grpo
   weights = g.reward_weights or (1.0,) * len(g.rewards)
+  correct = float(sum(w for n, w in zip(g.rewards, weights) if n == "correct"))
   named = [(n, w) for n, w in zip(g.rewards, weights) if n != "correct"]
+  build = lambda names, ws: rewards_lib.from_names(
+      names, ws, task=run.task, tokenizer=run.tokenizer, records=problems,
+      reward_model=run.reward_model) if names else []
+  target = build([n for n, _ in named], [w for _, w in named])
   if run.reward_model is not None and "rm" not in g.rewards:
-    named.append(("rm", 1.0))
-  if not named:
-    return []
-  return rewards_lib.from_names([n for n, _ in named], [w for _, w in named], task=run.task,
-                                tokenizer=run.tokenizer, records=problems,
-                                reward_model=run.reward_model)
-
-
-def target_rewards(run: Run, problems) -> tuple[list, float]:
-  """The GRPO reward as (rewards other than "correct", the weight of
-  "correct"): soft best-of-N resamples by what training optimises."""
-  g = run.cfg.grpo
-  weights = g.reward_weights or (1.0,) * len(g.rewards)
-  correct = sum(w for n, w in zip(g.rewards, weights) if n == "correct")
-  named = [(n, w) for n, w in zip(g.rewards, weights) if n != "correct"]
-  rewards = rewards_lib.from_names([n for n, _ in named], [w for _, w in named], task=run.task,
-                                   tokenizer=run.tokenizer, records=problems,
-                                   reward_model=run.reward_model) if named else []
-  return rewards, float(correct)
+    return target + build(["rm"], [1.0]), target, correct
+  return target, target, correct
 
 
 def tilt_beta(cfg) -> float:
@@ -99,11 +95,11 @@ def _collect(run: Run):
   verifier = rewards_lib.verifier(run.task, cfg.grpo.rewards,
                                   threshold=cfg.eval.pass_threshold)
   problems = run.task.eval_records(cfg.eval.num_problems)
-  target, correct_weight = target_rewards(run, problems)
+  rewards, target, correct_weight = eval_rewards(run, problems)
   return collect(run.model, run.tokenizer, problems, k=cfg.eval.num_samples,
                  temperature=cfg.eval.temperature,
                  rng=jax.random.key(cfg.seed + _EVAL_SEED_OFFSET), task=run.task,
-                 verifier=verifier, rewards=eval_rewards(run, problems),
+                 verifier=verifier, rewards=rewards,
                  max_new_tokens=cfg.sample.max_new_tokens, top_k=cfg.sample.top_k,
                  top_p=cfg.sample.top_p, min_p=cfg.sample.min_p, target_rewards=target,
                  target_correct_weight=correct_weight)

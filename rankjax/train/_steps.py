@@ -270,7 +270,11 @@ def rm_step(state: TrainState, batch: Batch, *, hp: RMCfg | None = None, accum_s
 def dpo_reference_free(hp: DPOCfg) -> bool:
   """No reference model: `reference_free`, or only reference-free types
   (SimPO, CPO, ORPO)."""
-  return hp.reference_free or all(t in losses.REFERENCE_FREE_LOSS_TYPES for t in hp.loss_type)
+  return _no_reference(hp.reference_free, hp.loss_type)
+
+
+def _no_reference(reference_free: bool, loss_type) -> bool:
+  return reference_free or all(t in losses.REFERENCE_FREE_LOSS_TYPES for t in loss_type)
 
 
 def dpo_loss_fn(model, batch: Batch, *, ref_model=None, beta: float = 0.1,
@@ -280,7 +284,7 @@ def dpo_loss_fn(model, batch: Batch, *, ref_model=None, beta: float = 0.1,
   """DPO (and variants) on one forward over chosen ++ rejected."""
   pair = concat_pair(batch)
   logps_b, lengths_b = sequence_logps(model, pair)
-  if reference_free or all(t in losses.REFERENCE_FREE_LOSS_TYPES for t in loss_type):
+  if _no_reference(reference_free, loss_type):
     ref_c = ref_r = None
   elif ref_model is None:
     ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]

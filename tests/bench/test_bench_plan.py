@@ -3,8 +3,8 @@ ahead of time for a TPU v5e 2x2 slice on this CPU machine, through libtpu.
 
 libtpu is not a test dependency (installed, it makes every jax start-up
 print TPU warnings): the test installs the version jax pins into a cache
-directory with pip and puts it on the subprocess's path. It skips, saying
-why, only where pip cannot install it."""
+directory with pip and puts it on the subprocess's path. It skips, with
+pip's error, only where pip cannot install it (no package index)."""
 
 import importlib.metadata
 import importlib.util
@@ -25,10 +25,10 @@ from rankjax import models, parallel, train
 
 def _libtpu_requirement() -> str:
   """`libtpu==<jax's pin>` from jax's own metadata (its `tpu` extra)."""
-  for req in importlib.metadata.requires("jax") or ():
-    if req.startswith("libtpu"):
-      return req.split(";")[0].strip()
-  pytest.skip("this jax declares no libtpu pin")
+  pins = [req.split(";")[0].strip() for req in importlib.metadata.requires("jax") or ()
+          if req.startswith("libtpu")]
+  assert pins, "jax declares no libtpu pin: `bench plan` cannot know which libtpu it needs"
+  return pins[0]
 
 
 @pytest.fixture(scope="module")
