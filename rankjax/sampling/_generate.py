@@ -113,23 +113,28 @@ def pad_prompts(prompts, vocab_size: int, *, pad_id: int, length: int | None = N
 
 @functools.partial(jax.jit, static_argnames=(
     "graphdef", "num_samples", "max_new_tokens", "eos_ids", "pad_id",
-    "repetition_penalty"))
-def _sample_jit(graphdef, state, tokens, mask, params, rng, *, num_samples,
-                max_new_tokens, eos_ids, pad_id, repetition_penalty):
+    "repetition_penalty", "env"))
+def _sample_jit(graphdef, state, tokens, mask, params, rng, extras, *, num_samples,
+                max_new_tokens, eos_ids, pad_id, repetition_penalty, env):
   model = nnx.merge(graphdef, state)
   return sample_loop(model, tokens, mask, params, rng, num_samples=num_samples,
                      max_new_tokens=max_new_tokens, eos_ids=eos_ids, pad_id=pad_id,
-                     repetition_penalty=repetition_penalty)
+                     repetition_penalty=repetition_penalty, env=env, extras=extras)
 
 
 def generate(model: Transformer, prompts, config: SamplingConfig, rng=None,
-             *, row_params: RowParams | None = None) -> SampleOutput:
+             *, row_params: RowParams | None = None, env=None,
+             extras: dict | None = None) -> SampleOutput:
   """Sample `config.num_samples` completions per prompt.
 
   prompts: a list of token-id lists (ragged) or a `(tokens, mask)` pair of
     [B, P] arrays. Rows are left-padded to a length bucket and the batch is
     padded to a power of two, so batches in one bucket reuse one compile.
   row_params: optional per-row overrides (R = B * num_samples rows).
+  env: a multi-turn environment (`rankjax.envs`): max_new_tokens then caps
+    the model's and the environment's tokens together.
+  extras: per-prompt arrays [B, ...] for the environment's `reset`; by
+    default `example_index` = the prompt's position in `prompts`.
   Returns a SampleOutput with R rows (row r continues prompt r // G) and a
   completion axis of bucket(max_new_tokens) slots.
   """
@@ -157,9 +162,14 @@ def generate(model: Transformer, prompts, config: SamplingConfig, rng=None,
   params = jax.tree.map(
       lambda x: jnp.concatenate([x, jnp.repeat(x[:1], (b_pad - b) * g, 0)]), params)
   rng = jax.random.key(0) if rng is None else rng
+  if env is not None:
+    extras = dict(extras or {"example_index": np.arange(b, dtype=np.int32)})
+    extras = {k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[:1], b_pad - b, 0)])
+              for k, v in extras.items()}
   graphdef, state = nnx.split(model)
   out = _sample_jit(graphdef, state, jnp.asarray(tokens), jnp.asarray(mask), params, rng,
-                    num_samples=g, max_new_tokens=n,
+                    None if env is None else jax.tree.map(jnp.asarray, extras),
+                    num_samples=g, max_new_tokens=n, env=env,
                     eos_ids=tuple(int(e) for e in config.eos_token_ids),
                     pad_id=config.pad_token_id,
                     repetition_penalty=bool(np.any(np.asarray(params.repetition_penalty) != 1.0)))

@@ -3,6 +3,15 @@
 `sample_loop` is a pure, jittable function of the model and arrays, so a
 jitted training step (GRPO, PPO) can call it inside its own program; the
 host-side `generate` is only validation, bucketing and a jit around it.
+
+With an environment (`rankjax.envs`) the loop runs multi-turn episodes in
+the same buffer: when a row ends its turn (a turn-end token sequence or the
+turn's token budget) the environment steps for the rows whose turn ended
+(inside `lax.cond`, so steps where no turn ends skip it), and its
+observation tokens are forced, one per decode step, through the same
+forward as sampled tokens, entering the row's KV cache in place while the
+other rows keep sampling. `SampleOutput.generated` tells the model's tokens
+from the environment's.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from rankjax.envs import Environment
 from rankjax.models import KVCache, Transformer, default_positions
 from rankjax.sampling._processors import RowParams, sample_tokens
 
@@ -28,12 +38,23 @@ class SampleOutput:
                      computes π at the same T (TRL's semantics).
   sampling_logprobs: f32[R, N] log-prob under the processed distribution
                      actually sampled from (0 for greedy rows).
+  generated:         bool[R, N] the model wrote the token (False for pad and
+                     for environment observations, whose log-probs are 0).
+  turns:             i32[R] environment steps the row took.
+  env_reward:        f32[R] the environment's rewards, summed over turns.
+  turn_rewards:      f32[R, N] each turn's reward at its turn-ending token.
+  env_errors:        i32[R] turns the environment reported as errors.
   """
   tokens: jax.Array
   lengths: jax.Array
   finished: jax.Array
   logprobs: jax.Array
   sampling_logprobs: jax.Array
+  generated: jax.Array
+  turns: jax.Array
+  env_reward: jax.Array
+  turn_rewards: jax.Array
+  env_errors: jax.Array
 
   @property
   def mask(self) -> jax.Array:
@@ -50,6 +71,16 @@ class _State:
   cache: KVCache
   seen: jax.Array | None    # bool[R, V] when a repetition penalty is on
   rng: jax.Array
+  env: "_EnvState | None" = None
+
+
+@struct.dataclass
+class _EnvState:
+  state: object             # the environment's own pytree
+  obs: jax.Array            # i32[R, O] the observation being forced
+  obs_len: jax.Array        # i32[R]
+  obs_pos: jax.Array        # i32[R] next observation token to force
+  turn_start: jax.Array     # i32[R] buffer index where the model's turn began
 
 
 def _repeat_cache(cache: KVCache, n: int) -> KVCache:
@@ -67,17 +98,20 @@ def _is_eos(tokens, eos_ids):
   return jnp.any(tokens[:, None] == jnp.asarray(eos_ids, jnp.int32)[None], axis=-1)
 
 
-def _record(state: _State, t, tokens, raw_lp, proc_lp, params, eos_ids, pad_id):
-  """Write step t's tokens for rows still running; update done/lengths."""
+def _record(state: _State, t, tokens, raw_lp, proc_lp, params, eos_ids, pad_id, forced=None):
+  """Write step t's tokens for rows still running; update done/lengths.
+  `forced` rows wrote an observation token (no log-prob, never an EOS)."""
   live = ~state.done
+  wrote = live if forced is None else live & ~forced
   tokens = jnp.where(live, tokens, pad_id)
   out = state.out
   out = out.replace(
       tokens=out.tokens.at[:, t].set(tokens),
-      logprobs=out.logprobs.at[:, t].set(jnp.where(live, raw_lp, 0.0)),
-      sampling_logprobs=out.sampling_logprobs.at[:, t].set(jnp.where(live, proc_lp, 0.0)),
+      logprobs=out.logprobs.at[:, t].set(jnp.where(wrote, raw_lp, 0.0)),
+      sampling_logprobs=out.sampling_logprobs.at[:, t].set(jnp.where(wrote, proc_lp, 0.0)),
+      generated=out.generated.at[:, t].set(wrote),
       lengths=out.lengths + live.astype(jnp.int32),
-      finished=out.finished | (live & _is_eos(tokens, eos_ids)))
+      finished=out.finished | (wrote & _is_eos(tokens, eos_ids)))
   done = state.done | out.finished | (t + 1 >= params.max_new_tokens)
   seen = state.seen
   if seen is not None:
@@ -85,10 +119,76 @@ def _record(state: _State, t, tokens, raw_lp, proc_lp, params, eos_ids, pad_id):
   return state.replace(last=tokens, done=done, out=out, seen=seen)
 
 
+def _forced_tokens(es: _EnvState):
+  """The observation token each row forces this step, and which rows do."""
+  forcing = es.obs_pos < es.obs_len
+  pos = jnp.clip(es.obs_pos, 0, es.obs.shape[1] - 1)
+  return jnp.take_along_axis(es.obs, pos[:, None], axis=1)[:, 0], forcing
+
+
+def _turn_ended(out: SampleOutput, t, turn_start, turn_ends):
+  """bool[R]: the tokens ending at buffer index t are a turn-end sequence
+  the model wrote in its current turn."""
+  hit = jnp.zeros(out.tokens.shape[:1], bool)
+  for ids in turn_ends:
+    k = len(ids)
+    start = jnp.maximum(t - k + 1, 0)
+    window = jax.lax.dynamic_slice_in_dim(out.tokens, start, k, axis=1)
+    gen = jax.lax.dynamic_slice_in_dim(out.generated, start, k, axis=1)
+    hit |= ((t >= k - 1) & (start >= turn_start)
+            & jnp.all((window == jnp.asarray(ids, jnp.int32)[None]) & gen, axis=1))
+  return hit
+
+
+def _env_turn(state: _State, t, was_live, forced, env: Environment) -> _State:
+  """After step t: advance forced observations; step the environment for
+  the rows whose turn just ended; stop rows past `max_turns`."""
+  es, out, lim = state.env, state.out, env.limits
+  obs_pos = es.obs_pos + (was_live & forced).astype(jnp.int32)
+  # The model's next turn begins after the observation's last token.
+  turn_start = jnp.where(was_live & forced & (obs_pos == es.obs_len), t + 1, es.turn_start)
+  wrote = was_live & ~forced
+  ends = _turn_ended(out, t, turn_start, env.turn_ends)
+  if lim.turn_max_tokens:
+    ends |= t + 1 - turn_start >= lim.turn_max_tokens
+  trigger = wrote & ends & ~state.done
+  over = trigger & (out.turns >= lim.max_turns)
+  call = trigger & ~over
+  i = jnp.arange(out.tokens.shape[1])
+  turn_mask = (i[None] >= turn_start[:, None]) & (i[None] <= t) & out.generated
+
+  def step(args):
+    env_state, out = args
+    new_state, ob = env.step(env_state, out.tokens, turn_mask, call)
+    length = jnp.sum(ob.mask, axis=1).astype(jnp.int32)
+    return new_state, ob.tokens, length, ob.reward, ob.done, ob.error
+
+  def skip(args):
+    env_state, out = args
+    rows, width = out.tokens.shape[0], es.obs.shape[1]
+    return (env_state, jnp.zeros((rows, width), jnp.int32), jnp.zeros((rows,), jnp.int32),
+            jnp.zeros((rows,), jnp.float32), jnp.zeros((rows,), bool), jnp.zeros((rows,), bool))
+
+  env_state, obs, obs_len, reward, done, error = jax.lax.cond(
+      jnp.any(call), step, skip, (es.state, out))
+  reward = jnp.where(call, reward, 0.0)
+  out = out.replace(turns=out.turns + call.astype(jnp.int32),
+                    env_reward=out.env_reward + reward,
+                    turn_rewards=out.turn_rewards.at[:, t].add(reward),
+                    env_errors=out.env_errors + (call & error).astype(jnp.int32),
+                    finished=out.finished | (call & done))
+  es = _EnvState(state=env_state, obs=jnp.where(call[:, None], obs, es.obs),
+                 obs_len=jnp.where(call, obs_len, es.obs_len),
+                 obs_pos=jnp.where(call, 0, obs_pos),
+                 turn_start=jnp.where(call, t + 1, turn_start))
+  return state.replace(env=es, out=out, done=state.done | over | (call & done))
+
+
 def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
                 params: RowParams, rng, *, num_samples: int, max_new_tokens: int,
                 eos_ids: tuple[int, ...], pad_id: int = 0,
-                repetition_penalty: bool = False) -> SampleOutput:
+                repetition_penalty: bool = False, env: Environment | None = None,
+                extras=None) -> SampleOutput:
   """Sample `num_samples` completions for each left-padded prompt.
 
   prompt_tokens_bp / prompt_mask_bp: [B, P], left-padded (real tokens at the
@@ -97,6 +197,11 @@ def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
   max_new_tokens: the static buffer length N (rows stop earlier through
     `params.max_new_tokens`).
   repetition_penalty: static switch for the [R, V] seen-token mask.
+  env: a multi-turn environment (`rankjax.envs.Environment`); None = one
+    turn. max_new_tokens then caps all of a row's tokens, the model's and
+    the environment's together.
+  extras: per-prompt arrays [B, ...] the environment's `reset` reads
+    (repeated for each of the prompt's samples).
   """
   b, p = prompt_tokens_bp.shape
   g, n = num_samples, max_new_tokens
@@ -118,16 +223,33 @@ def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
     seen = seen.at[jnp.arange(b)[:, None], prompt_tokens_bp].max(mask)
     seen = jnp.repeat(seen, g, axis=0)
   zeros = jnp.zeros((rows, n), jnp.float32)
+  counts = jnp.zeros(rows, jnp.int32)
   out = SampleOutput(tokens=jnp.full((rows, n), pad_id, jnp.int32),
-                     lengths=jnp.zeros(rows, jnp.int32), finished=jnp.zeros(rows, bool),
-                     logprobs=zeros, sampling_logprobs=zeros)
+                     lengths=counts, finished=jnp.zeros(rows, bool),
+                     logprobs=zeros, sampling_logprobs=zeros,
+                     generated=jnp.zeros((rows, n), bool), turns=counts,
+                     env_reward=jnp.zeros(rows, jnp.float32), turn_rewards=zeros,
+                     env_errors=counts)
+  env_state = None
+  if env is not None:
+    per_row = {k: jnp.repeat(v, g, axis=0) for k, v in (extras or {}).items()}
+    width = env.limits.max_observation_tokens
+    env_state = _EnvState(state=env.reset(per_row), obs=jnp.zeros((rows, width), jnp.int32),
+                          obs_len=counts, obs_pos=counts, turn_start=counts)
   state = _State(step=jnp.ones((), jnp.int32), last=jnp.zeros(rows, jnp.int32),
-                 done=jnp.zeros(rows, bool), out=out, cache=cache, seen=seen, rng=rng)
+                 done=jnp.zeros(rows, bool), out=out, cache=cache, seen=seen, rng=rng,
+                 env=env_state)
 
   def sample(state, logits, t):
     tok, raw_lp, proc_lp = sample_tokens(jax.random.fold_in(state.rng, t), logits,
                                          state.seen, params)
-    return _record(state, t, tok, raw_lp, proc_lp, params, eos_ids, pad_id)
+    if env is None:
+      return _record(state, t, tok, raw_lp, proc_lp, params, eos_ids, pad_id)
+    forced_tok, forced = _forced_tokens(state.env)
+    was_live = ~state.done
+    tok = jnp.where(forced, forced_tok, tok)
+    state = _record(state, t, tok, raw_lp, proc_lp, params, eos_ids, pad_id, forced)
+    return _env_turn(state, t, was_live, forced, env)
 
   state = sample(state, logits, 0)
 

@@ -1,0 +1,16 @@
+"""Multi-turn environments and tools for rollouts (see `_protocol`)."""
+
+from rankjax.envs._calculator import HostCalculator, calculator
+from rankjax.envs._host import HostEnv, host
+from rankjax.envs._protocol import (
+    EnvError,
+    Environment,
+    HostEnvironment,
+    HostStep,
+    Limits,
+    Observation,
+    Traceable,
+)
+
+__all__ = ["EnvError", "Environment", "HostEnvironment", "HostStep", "Limits", "Observation",
+           "Traceable", "HostCalculator", "calculator", "HostEnv", "host"]
