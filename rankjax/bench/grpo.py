@@ -308,7 +308,8 @@ def run_rankjax(cfg: models.ModelConfig, w: Workload, prompts: np.ndarray, args,
   ro, adv = score_j(batch, out, reward_states)
   ref = ref_j(holder["state"], ro)
   data = dict(prompt=ro.prompt, prompt_mask=ro.prompt_mask, completion=ro.completion,
-              completion_mask=ro.completion_mask, loss_mask=ro.completion_mask & ro.valid[:, None],
+              completion_mask=ro.completion_mask, model_mask=ro.model_mask,
+              loss_mask=ro.model_mask & ro.valid[:, None],
               old=ro.logprobs, adv=adv, ref=ref)
 
   def update():

@@ -70,13 +70,16 @@ def gae(
 
     δ_t = r_t + γ V_{t+1} − V_t,   A_t = δ_t + γλ A_{t+1},   R_t = A_t + V_t
 
-  with r and V zeroed outside the mask, so the value after the last token
-  is 0 (as TRL's PPOTrainer). Whitening of A is left to `whiten`.
+  over the masked positions only: t + 1 is the next position inside the
+  mask (a multi-turn transcript's time axis is the model's own tokens; an
+  environment observation between two turns is skipped, not a step), and
+  the value after the last one is 0 (as TRL's PPOTrainer). Whitening of A is
+  left to `whiten`.
 
   Args:
     rewards_bt: float[B, T] per-token rewards (`ppo_token_rewards`).
     values_bt: float[B, T] value predictions V_t.
-    mask_bt: [B, T] completion mask.
+    mask_bt: [B, T] completion mask (the model's tokens).
 
   Returns:
     (advantages_bt, returns_bt), float32[B, T], 0 outside the mask.
@@ -84,8 +87,13 @@ def gae(
   _common.check_same_shape(rewards_bt=rewards_bt, values_bt=values_bt,
                            mask_bt=mask_bt)
   valid_bt = jnp.asarray(mask_bt) != 0
-  r_bt = jnp.where(valid_bt, f32(rewards_bt), 0.0)
-  v_bt = jnp.where(valid_bt, f32(values_bt), 0.0)
+  # Masked positions first, in order: the recursion then runs over
+  # consecutive slots, and the result is scattered back.
+  order_bt = jnp.argsort(~valid_bt, axis=1, stable=True)
+  take = lambda x: jnp.take_along_axis(x, order_bt, axis=1)
+  valid_c = take(valid_bt)
+  r_bt = jnp.where(valid_c, take(f32(rewards_bt)), 0.0)
+  v_bt = jnp.where(valid_c, take(f32(values_bt)), 0.0)
   next_v_bt = jnp.pad(v_bt[:, 1:], ((0, 0), (0, 1)))
   delta_bt = r_bt + gamma * next_v_bt - v_bt
 
@@ -96,8 +104,10 @@ def gae(
   # Scan over time (leading axis), newest first.
   _, adv_tb = jax.lax.scan(step, jnp.zeros_like(delta_bt[:, 0]), delta_bt.T,
                            reverse=True)
-  adv_bt = jnp.where(valid_bt, adv_tb.T, 0.0)
-  returns_bt = jnp.where(valid_bt, adv_bt + v_bt, 0.0)
+  adv_c = jnp.where(valid_c, adv_tb.T, 0.0)
+  inverse_bt = jnp.argsort(order_bt, axis=1)
+  adv_bt = jnp.take_along_axis(adv_c, inverse_bt, axis=1)
+  returns_bt = jnp.where(valid_bt, adv_bt + f32(values_bt), 0.0)
   return adv_bt, returns_bt
 
 

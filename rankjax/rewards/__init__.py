@@ -25,6 +25,7 @@ from rankjax.rewards._core import (
 from rankjax.rewards._builtin import (
     arithmetic_correct,
     contains_reward,
+    env_reward,
     eos_reward,
     overlong_penalty,
     reward_model_score,
@@ -35,7 +36,7 @@ from rankjax.rewards._named import BUILTIN, check_functions, from_names, is_chat
 
 __all__ = [
     "Reward", "RewardInputs", "batch_scorer", "combine", "score", "arithmetic_correct",
-    "contains_reward", "eos_reward", "overlong_penalty", "reward_model_score",
+    "contains_reward", "env_reward", "eos_reward", "overlong_penalty", "reward_model_score",
     "host_reward", "score_on_host", "RewardError", "call_reward", "BUILTIN", "from_names",
     "is_chat", "verifier", "verifier_reward", "check_functions",
 ]

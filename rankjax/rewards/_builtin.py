@@ -69,6 +69,12 @@ def eos_reward(*, weight: float = 1.0) -> Reward:
   return Reward("eos", lambda x, _: x.finished.astype(jnp.float32), weight)
 
 
+def env_reward(*, weight: float = 1.0) -> Reward:
+  """The multi-turn environment's rewards, summed over the row's turns
+  (`SampleOutput.env_reward`; 0 for a single-turn rollout)."""
+  return Reward("env", lambda x, _: x.extras["env_reward"].astype(jnp.float32), weight)
+
+
 def overlong_penalty(max_length: int, cache: int, *, weight: float = 1.0) -> Reward:
   """DAPO's soft overlong punishment (Yu et al. 2025, arXiv 2503.14476):
   0 for L <= max - cache, (max - cache - L) / cache in between, -1 beyond."""

@@ -72,10 +72,12 @@ def batch_scorer(rewards: Sequence[Reward], weights: Sequence[float] | None = No
   """A host scorer over sampled completions, for evaluation and reranking:
 
       score = batch_scorer(rewards)
-      total_r = score(prompts, tokens_rn, mask_rn, finished_r, example_index_b, pad_id=0)
+      total_r = score(prompts, tokens_rn, mask_rn, finished_r, example_index_b, pad_id=0,
+                      env_reward_r=None)
 
   prompts: B token lists (row r continues prompt r // G); example_index_b:
-  the record each prompt came from (host rewards read their columns by it).
+  the record each prompt came from (host rewards read their columns by it);
+  env_reward_r: a multi-turn rollout's environment rewards (the "env" reward).
   Returns the weighted total f32[R] (NaN where no reward applies), from ONE
   jitted `score` + `combine` reused across calls of equal shapes.
   """
@@ -87,7 +89,8 @@ def batch_scorer(rewards: Sequence[Reward], weights: Sequence[float] | None = No
   def total(inputs: RewardInputs, states_):
     return combine(score(rewards, inputs, states_), weights)[0]
 
-  def scorer(prompts, tokens_rn, mask_rn, finished_r, example_index_b, *, pad_id: int = 0):
+  def scorer(prompts, tokens_rn, mask_rn, finished_r, example_index_b, *, pad_id: int = 0,
+             env_reward_r=None):
     b, r = len(prompts), len(tokens_rn)
     if not b or r % b:
       raise ValueError(f"{r} completions for {b} prompts")
@@ -102,6 +105,8 @@ def batch_scorer(rewards: Sequence[Reward], weights: Sequence[float] | None = No
         prompt_tokens=np.repeat(prompt, g, 0), prompt_mask=np.repeat(prompt_mask, g, 0),
         completion_tokens=np.asarray(tokens_rn, np.int32),
         completion_mask=np.asarray(mask_rn, bool), finished=np.asarray(finished_r, bool),
-        extras={"example_index": np.repeat(np.asarray(example_index_b, np.int32), g)})
+        extras={"example_index": np.repeat(np.asarray(example_index_b, np.int32), g),
+                "env_reward": (np.zeros(r, np.float32) if env_reward_r is None
+                               else np.asarray(env_reward_r, np.float32))})
     return np.asarray(total(inputs, states), np.float32)
   return scorer

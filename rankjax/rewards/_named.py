@@ -6,6 +6,8 @@
   format          the completion contains the task's format marker
   eos             the completion ended with an EOS
   rm              the reward model an earlier "rm" stage trained (in-graph)
+  env             the multi-turn environment's own rewards (`env.name`),
+                  summed over turns (per turn in PPO)
   path.py:name    a TRL-style function `name(prompts, completions, **columns)
                   -> list[float | None]` from a Python file: prompts as the
                   dataset gives them (text or messages), completions as text
@@ -23,12 +25,12 @@ from typing import Callable, Sequence
 
 from rankjax.data import tasks as tasks_lib
 from rankjax.errors import UserInputError
-from rankjax.rewards._builtin import (contains_reward, eos_reward, reward_model_score,
-                                      verifier_reward)
+from rankjax.rewards._builtin import (contains_reward, env_reward, eos_reward,
+                                      reward_model_score, verifier_reward)
 from rankjax.rewards._core import Reward
 from rankjax.rewards._host import call_reward, host_reward
 
-BUILTIN = ("correct", "format", "eos", "rm")
+BUILTIN = ("correct", "format", "eos", "rm", "env")
 
 
 def is_function(name: str) -> bool:
@@ -84,6 +86,8 @@ def from_names(names: Sequence[str], weights: Sequence[float] = (), *, task: tas
       out.append(contains_reward(tokenizer.encode(task.format_marker), weight=w))
     elif name == "eos":
       out.append(eos_reward(weight=w))
+    elif name == "env":
+      out.append(env_reward(weight=w))
     elif name == "rm":
       if reward_model is None:
         raise UserInputError("reward 'rm' needs a reward model: put an 'rm' stage before "

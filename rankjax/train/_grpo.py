@@ -96,7 +96,7 @@ def objective_loss(logp, mb, *, hp: GRPOCfg, max_new_tokens: int, active):
   listwise = [o for o in hp.objective if o != "clipped"]
   if listwise:
     g = hp.group_size
-    seq = lambda x: losses.sequence_logprobs(x, mb["completion_mask"]).reshape(-1, g)
+    seq = lambda x: losses.sequence_logprobs(x, mb["model_mask"]).reshape(-1, g)
     term, lw = losses.listwise_loss(
         seq(logp), seq(mb["ref"]), mb["reward"].reshape(-1, g), mb["list_mask"].reshape(-1, g),
         beta=hp.listwise_beta, loss_type=listwise, loss_weights=[weights[o] for o in listwise],
@@ -124,7 +124,7 @@ def policy_updates(state: TrainState, data: Mapping[str, jax.Array], order, *,
   """Step 3: one clipped-surrogate update per row of `order` under `lax.scan`.
 
   data: `prompt`, `prompt_mask` [B, P]; `completion`, `completion_mask`
-  (attention), `loss_mask`, `old` [R, N]; `adv`, `reward` and `list_mask`
+  (attention), `model_mask` (the model's own tokens), `loss_mask`, `old` [R, N]; `adv`, `reward` and `list_mask`
   (the rows the loss may use) [R]; `ref` [R, N] with `needs_reference`.
   Returns (state, per-update metrics, with `logprob_mismatch`: mean
   |π − π_old| on the update's minibatch before it is applied).
@@ -140,7 +140,7 @@ def policy_updates(state: TrainState, data: Mapping[str, jax.Array], order, *,
     loss, metrics = objective_loss(logp, mb, hp=hp, max_new_tokens=max_new_tokens,
                                    active=active)
     mismatch = losses.masked_mean(jnp.abs(jax.lax.stop_gradient(logp) - mb["old"]),
-                                  mb["completion_mask"])
+                                  mb["model_mask"])
     return loss, dict(metrics, logprob_mismatch=mismatch)
 
   def update(st, prompts):
@@ -178,7 +178,9 @@ def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: 
   if hp.mask_zero_std_groups:
     valid = valid & ~zero_std
   data = dict(prompt=ro.prompt, prompt_mask=ro.prompt_mask, completion=ro.completion,
-              completion_mask=ro.completion_mask, loss_mask=ro.completion_mask & valid[:, None],
+              completion_mask=ro.completion_mask, model_mask=ro.model_mask,
+              # Environment observations are context: no loss, KL or entropy.
+              loss_mask=ro.model_mask & valid[:, None],
               old=ro.logprobs, adv=adv, reward=jnp.where(valid, ro.total, 0.0), list_mask=valid)
   if needs_reference(hp):
     data["ref"] = jax.lax.stop_gradient(completion_logps(
@@ -192,7 +194,7 @@ def grpo_step(state: TrainState, batch: Mapping[str, jax.Array], reward_states: 
       state, data, minibatch_order(rng_perm, b, hp), hp=hp,
       max_new_tokens=rollout.sample.max_new_tokens, temperature=t, skip=~any_valid)
   metrics = {k: jnp.mean(v) for k, v in update_metrics.items()}
-  metrics.update(_rollout.metrics(ro, rewards))
+  metrics.update(_rollout.metrics(ro, rewards, rollout.env))
   metrics.update({
       "nonfinite": jnp.max(update_metrics["nonfinite"]),
       # The first update's minibatch is scored before any parameter moves.

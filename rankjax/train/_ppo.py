@@ -9,7 +9,9 @@ a separate one (`critic` a TrainState), or the policy's own trunk
 (`critic=None`, the policy built with num_labels=1). One completion per
 prompt comes from the shared `rollout` (G = 1). Per-token rewards are
 −kl_coef·KL_t plus the score at the last token (minus a penalty without
-EOS); GAE(γ, λ) gives advantages and returns (`targets`); `num_epochs` ×
+EOS); in a multi-turn rollout each turn's environment reward sits at the
+turn's last model token, and GAE(γ, λ) runs over the model's tokens only
+(observations are skipped); GAE gives advantages and returns (`targets`); `num_epochs` ×
 `num_minibatches` updates of `losses.ppo_loss` (clipped policy + clipped
 value) run under `lax.scan` (`updates`). `kl_coef` is a traced input so the
 adaptive controller (Ziegler et al.) can change it every step without
@@ -51,11 +53,13 @@ def _values(policy, critic, tokens, attn, p, h_policy):
 
 
 def targets(state: TrainState, critic: TrainState | None, ro: Rollout, kl_coef, *,
-            hp: PPOCfg, temperature: float):
+            hp: PPOCfg, temperature: float, env_weight: float = 0.0):
   """The update data: tokens, masks, π_old, whitened GAE advantages, returns
-  and V_old; plus the reference log-probs (for the KL metric)."""
+  and V_old; plus the reference log-probs (for the KL metric). `env_weight`:
+  the "env" reward's weight, whose per-turn parts move from the last token
+  to the turns that earned them."""
   p = ro.prompt.shape[1]
-  loss_mask = ro.completion_mask & ro.valid[:, None]
+  loss_mask = ro.model_mask & ro.valid[:, None]
   tokens = jnp.concatenate([ro.prompt, ro.completion], axis=1)
   attn = jnp.concatenate([ro.prompt_mask, ro.completion_mask], axis=1)
   policy = state.model()
@@ -63,14 +67,16 @@ def targets(state: TrainState, critic: TrainState | None, ro: Rollout, kl_coef, 
   old_values = jax.lax.stop_gradient(
       _values(policy, None if critic is None else critic.model(), tokens, attn, p, h))
   ref_logp = jax.lax.stop_gradient(_forward(state.ref_model(), tokens, attn, p, temperature)[0])
+  per_turn = env_weight * ro.turn_rewards
+  final = jnp.where(ro.valid, ro.total - jnp.sum(per_turn, axis=1), 0.0)
   token_rewards = losses.ppo_token_rewards(
-      jnp.where(ro.valid, ro.total, 0.0), ro.logprobs, ref_logp, loss_mask, kl_coef=kl_coef,
+      final, ro.logprobs, ref_logp, loss_mask, kl_coef=kl_coef,
       kl_estimator=hp.kl_estimator, has_eos_b=ro.finished,
-      missing_eos_penalty=hp.missing_eos_penalty)
+      missing_eos_penalty=hp.missing_eos_penalty) + jnp.where(loss_mask, per_turn, 0.0)
   if hp.whiten_rewards:
     token_rewards = losses.whiten(token_rewards, loss_mask, shift_mean=False)
   adv, returns = losses.gae(token_rewards, old_values, loss_mask, gamma=hp.gamma, lam=hp.lam)
-  data = dict(tokens=tokens, attn=attn, mask=loss_mask, old=ro.logprobs,
+  data = dict(tokens=tokens, attn=attn, mask=loss_mask, model_mask=ro.model_mask, old=ro.logprobs,
               adv=losses.whiten(adv, loss_mask), returns=returns, old_values=old_values)
   return data, ref_logp
 
@@ -90,7 +96,7 @@ def updates(state: TrainState, critic: TrainState | None, data: Mapping[str, jax
                                     mb["returns"], mb["mask"], clip=hp.clip,
                                     value_clip=hp.value_clip, vf_coef=hp.vf_coef)
     mismatch = losses.masked_mean(jnp.abs(jax.lax.stop_gradient(logp) - mb["old"]),
-                                  mb["attn"][:, p:])
+                                  mb["model_mask"])
     return loss, dict(metrics, logprob_mismatch=mismatch)
 
   def update(carry, idx):
@@ -117,7 +123,9 @@ def ppo_step(state: TrainState, critic: TrainState | None, batch: Mapping[str, j
   t = rollout.temperature
   ro = _rollout.rollout(state.model(), batch, rewards, reward_states, rng_sample,
                         settings=rollout, group_size=1)
-  data, ref_logp = targets(state, critic, ro, kl_coef, hp=hp, temperature=t)
+  env_weight = sum(r.weight for r in rewards if r.name == "env")
+  data, ref_logp = targets(state, critic, ro, kl_coef, hp=hp, temperature=t,
+                           env_weight=env_weight)
   m = hp.num_minibatches
   order = jnp.stack([jax.random.permutation(k, rows) for k in
                      jax.random.split(rng_perm, hp.num_epochs)]).reshape(hp.num_epochs * m, rows // m)
@@ -129,7 +137,7 @@ def ppo_step(state: TrainState, critic: TrainState | None, batch: Mapping[str, j
     next_coef = losses.adaptive_kl_coef(kl_coef, kl, target=hp.adaptive_kl_target,
                                         horizon=hp.adaptive_kl_horizon, n_steps=rows)
   metrics = {k: jnp.mean(v) for k, v in upd.items()}
-  metrics.update(_rollout.metrics(ro, rewards))
+  metrics.update(_rollout.metrics(ro, rewards, rollout.env))
   metrics.update({
       "nonfinite": jnp.max(upd["nonfinite"]),
       "logprob_mismatch": upd["logprob_mismatch"][0],

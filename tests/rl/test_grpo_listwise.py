@@ -222,8 +222,10 @@ def _hand_rollout(b, g, seed=0, c=5):
     valid[2], total[2] = False, np.nan
   return _rollout.Rollout(
       prompt=np.zeros((b, 3), np.int32), prompt_mask=np.ones((b, 3), bool),
-      completion=np.ones((r, c), np.int32), completion_mask=mask, logprobs=logprobs,
-      finished=np.ones(r, bool), rewards=total[:, None], total=total, valid=valid)
+      completion=np.ones((r, c), np.int32), completion_mask=mask, model_mask=mask,
+      logprobs=logprobs, finished=np.ones(r, bool), rewards=total[:, None], total=total,
+      valid=valid, turns=np.zeros(r, np.int32), env_errors=np.zeros(r, np.int32),
+      turn_rewards=np.zeros((r, c), np.float32))
 
 
 @pytest.mark.parametrize("b,g", [(4, 4), (6, 1)])
@@ -254,7 +256,7 @@ def _mb(b=2, g=3, n=5, seed=0):
   logp = -rng.uniform(0.1, 3.0, (r, n)).astype(np.float32)
   list_mask = np.ones(r, bool)
   list_mask[1] = False
-  mb = dict(completion_mask=cmask, loss_mask=cmask & list_mask[:, None],
+  mb = dict(completion_mask=cmask, model_mask=cmask, loss_mask=cmask & list_mask[:, None],
             old=(logp + rng.normal(0, 0.1, (r, n))).astype(np.float32),
             ref=(logp + rng.normal(0, 0.3, (r, n))).astype(np.float32),
             adv=rng.normal(size=r).astype(np.float32),
