@@ -83,6 +83,10 @@ class DataCfg:
   min_digits: int = 1
   max_digits: int = 2
   cot: bool = False
+  # Fraction of training demonstrations (problems chosen by a hash) that use
+  # the calculator tool: "<calc>a+b</calc>" then its result, then the answer
+  # line (needs cot; see rankjax.envs.calculator).
+  tool_fraction: float = 0.0
   num_train: int = 20000
   num_eval: int = 200
   # Fraction of SFT demonstrations whose final answer is replaced by a wrong
@@ -154,6 +158,24 @@ class SampleCfg:
   top_k: int = 0
   top_p: float = 1.0
   min_p: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvCfg:
+  """A multi-turn environment for GRPO, PPO, eval, rerank and STaR rollouts
+  (`rankjax.envs`). name: "" (one turn), "calculator" (traceable, in-graph;
+  the built-in character tokenizer), "calculator_host" (the same rule in
+  Python), "guess" (a host number-guessing game), "tools" (the Python
+  functions `tools` lists, called through the chat template's tool format),
+  or "path/to/file.py:make_env" (a function returning a traceable or host
+  environment). The completion buffer `sample.max_new_tokens` caps the
+  model's and the environment's tokens together."""
+  name: str = ""
+  max_turns: int = 4
+  turn_max_tokens: int = 0         # model tokens per turn before the env steps anyway; 0 = none
+  max_observation_tokens: int = 16
+  tools: tuple[str, ...] = ()      # "path/to/file.py:function" entries for name="tools"
+  tool_format: Literal["qwen", "llama3"] = "qwen"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,6 +314,7 @@ class Config:
   ppo: PPOCfg = PPOCfg()
   listwise: ListwiseCfg = ListwiseCfg()
   sample: SampleCfg = SampleCfg()
+  env: EnvCfg = EnvCfg()
   eval: EvalCfg = EvalCfg()
   self_improve: SelfImproveCfg = SelfImproveCfg()
   mesh: MeshCfg = MeshCfg()
@@ -311,7 +334,8 @@ _POSITIVE = {
     "grpo.num_minibatches", "grpo.listwise_beta", "listwise.beta", "listwise.list_size",
     "ppo.num_prompts", "ppo.num_epochs", "ppo.num_minibatches",
     "eval.num_samples", "self_improve.num_prompts", "self_improve.num_samples",
-    "self_improve.train_steps", "model.hidden_size", "model.num_layers", "model.num_heads",
+    "self_improve.train_steps", "env.max_turns", "env.max_observation_tokens",
+    "model.hidden_size", "model.num_layers", "model.num_heads",
     "model.num_kv_heads", "model.head_dim", "model.intermediate_size", "checkpoint.keep",
 }
 _NON_NEGATIVE = {
@@ -320,7 +344,7 @@ _NON_NEGATIVE = {
     "sample.temperature", "sample.top_k", "model.lora_rank", "model.logits_chunk",
     "checkpoint.every",
     "log_every", "eval_every", "data.num_train", "data.num_eval", "eval.temperature",
-    "grpo.learning_rate", "ppo.learning_rate", "self_improve.iterations",
+    "grpo.learning_rate", "ppo.learning_rate", "self_improve.iterations", "env.turn_max_tokens",
     "grpo.listwise_target_temperature", "listwise.target_temperature", "eval.tilt_beta",
 }
 
@@ -384,6 +408,15 @@ def validate(cfg: Config) -> Config:
          "must be <= data.max_length")
   _check(cfg.model.lora_rank == 0 or cfg.model.lora_alpha > 0, "model.lora_alpha", "must be > 0")
   _check(0.0 <= cfg.data.sft_noise < 1.0, "data.sft_noise", "must be in [0, 1)")
+  from rankjax.envs import BUILTIN_ENVS
+  _check(cfg.env.name in ("", *BUILTIN_ENVS) or ":" in cfg.env.name, "env.name",
+         f"expected '', one of {', '.join(map(repr, BUILTIN_ENVS))}, or "
+         f"path/to/file.py:function, got {cfg.env.name!r}")
+  _check(cfg.env.name != "tools" or cfg.env.tools, "env.tools",
+         "env.name='tools' needs at least one path/to/file.py:function entry")
+  _check(0.0 <= cfg.data.tool_fraction <= 1.0, "data.tool_fraction", "must be in [0, 1]")
+  _check(cfg.data.tool_fraction == 0 or cfg.data.cot, "data.tool_fraction",
+         "tool-use demonstrations end in 'answer: N': set data.cot=True")
   return cfg
 
 

@@ -1,6 +1,7 @@
 """Multi-turn environments and tools for rollouts (see `_protocol`)."""
 
 from rankjax.envs._calculator import HostCalculator, calculator
+from rankjax.envs._config import BUILTIN_ENVS, from_config
 from rankjax.envs._host import HostEnv, host
 from rankjax.envs._protocol import (
     EnvError,
@@ -13,4 +14,4 @@ from rankjax.envs._protocol import (
 )
 
 __all__ = ["EnvError", "Environment", "HostEnvironment", "HostStep", "Limits", "Observation",
-           "Traceable", "HostCalculator", "calculator", "HostEnv", "host"]
+           "Traceable", "HostCalculator", "calculator", "HostEnv", "host", "BUILTIN_ENVS", "from_config"]

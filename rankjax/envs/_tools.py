@@ -193,9 +193,9 @@ def parse_tool_calls(text: str, fmt: str = "qwen") -> list[ToolCall | BadToolCal
   return _format(fmt).parse(text)
 
 
-def tool_observation(tokenizer, messages_so_far: Sequence[Mapping], tool_messages: Sequence[Mapping],
-                     tools: Sequence[Mapping] | None, resume_after: str | None = None,
-                     **template_kwargs) -> str:
+def tool_observation(tokenizer, messages_so_far: Sequence[Mapping],
+                     tool_messages: Sequence[Mapping], tools: Sequence[Mapping] | None,
+                     resume_after: str | None = None, **template_kwargs) -> str:
   """The text after the assistant turn that ends `messages_so_far`: the
   rendering with `tool_messages` and the generation prompt, less the
   rendering without them. With `resume_after`, the text after its last

@@ -39,6 +39,7 @@ class EvalSamples:
   greedy_correct: f64[P] verifier score of the greedy completion, or None.
   target_reward: f64[P, k] the training reward (what GRPO optimises, the
     verifier's weight on `correct`), or None.
+  turns: i64[P, k] environment turns of multi-turn samples (tool calls), or None.
   """
   texts: list[list[str]]
   answers: list[list[Any]]
@@ -49,6 +50,7 @@ class EvalSamples:
   reward: np.ndarray | None = None
   greedy_correct: np.ndarray | None = None
   target_reward: np.ndarray | None = None
+  turns: np.ndarray | None = None
 
   @property
   def k(self) -> int:
@@ -62,15 +64,18 @@ def _sampling_config(tokenizer, *, k, temperature, max_new_tokens, top_k, top_p,
                                  pad_token_id=tokenizer.pad_id)
 
 
-def _sample(model, prompts, cfg, rng, batch_size):
+def _sample(model, prompts, cfg, rng, batch_size, env=None):
   """Generate in chunks of `batch_size` prompts: (outputs, chunk prompts).
   Each chunk is waited for before the next is dispatched: the chunks are
   independent programs, and on a mesh two in flight can deadlock
-  (`parallel.settled`)."""
+  (`parallel.settled`). With an environment, row i of the problems is
+  record i of its `records`."""
   outs = []
   for c, start in enumerate(range(0, len(prompts), batch_size)):
     chunk = prompts[start:start + batch_size]
-    out = sampling.generate(model, chunk, cfg, rng=jax.random.fold_in(rng, c))
+    extras = {"example_index": np.arange(start, start + len(chunk), dtype=np.int32)}
+    out = sampling.generate(model, chunk, cfg, rng=jax.random.fold_in(rng, c), env=env,
+                            extras=extras if env is not None else None)
     outs.append((parallel.settled(out), chunk))
   return outs
 
@@ -82,7 +87,7 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
             top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
             prompt_fn: Callable[[str], str] | None = None, greedy: bool = True,
             batch_size: int = 32, target_rewards: Sequence[rewards_lib.Reward] = (),
-            target_correct_weight: float = 0.0) -> EvalSamples:
+            target_correct_weight: float = 0.0, env=None) -> EvalSamples:
   """Sample k completions per problem and verify / score them.
 
   problems: the task's records (`prompt` plus its reference columns).
@@ -101,6 +106,9 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
     does not apply adds 0), in `EvalSamples.target_reward` when either is
     given; soft best-of-N resamples by it. The same list as `rewards` is
     scored once.
+  env: a multi-turn environment over `problems` (`envs.from_config`):
+    samples are whole transcripts, verified as text (tool calls and
+    observations included), and `EvalSamples.turns` counts their turns.
   """
   if not problems:
     raise ValueError("no problems to evaluate")
@@ -118,21 +126,22 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
   target_scorer = (rewards_lib.batch_scorer(target_rewards)
                    if target_rewards and not same else None)
 
-  texts, loglik, lengths, finished, reward, target = [], [], [], [], [], []
+  texts, loglik, lengths, finished, reward, target, turns = [], [], [], [], [], [], []
   start = 0
   for out, chunk in _sample(model, prompts, _sampling_config(tokenizer, k=k, **kw),
-                            sample_rng, batch_size):
+                            sample_rng, batch_size, env):
     texts += decode_completions(out, tokenizer)
     loglik.append(loglik_scores(out))
     lengths.append(np.asarray(out.lengths))
     finished.append(np.asarray(out.finished))
+    turns.append(np.asarray(out.turns))
+    index = np.arange(start, start + len(chunk))
     if scorer is not None:
-      reward.append(scorer(chunk, out.tokens, out.mask, out.finished,
-                           np.arange(start, start + len(chunk)), pad_id=tokenizer.pad_id))
+      reward.append(scorer(chunk, out.tokens, out.mask, out.finished, index,
+                           pad_id=tokenizer.pad_id, env_reward_r=out.env_reward))
     if target_scorer is not None:
-      target.append(target_scorer(chunk, out.tokens, out.mask, out.finished,
-                                  np.arange(start, start + len(chunk)),
-                                  pad_id=tokenizer.pad_id))
+      target.append(target_scorer(chunk, out.tokens, out.mask, out.finished, index,
+                                  pad_id=tokenizer.pad_id, env_reward_r=out.env_reward))
     start += len(chunk)
   correct = np.asarray([_score(verifier(t, problems[r // k])) for r, t in enumerate(texts)])
   target_reward = None
@@ -144,7 +153,7 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
   greedy_correct = None
   if greedy:
     cfg = _sampling_config(tokenizer, k=1, **dict(kw, temperature=0.0))
-    greedy_texts = [t for out, _ in _sample(model, prompts, cfg, greedy_rng, batch_size)
+    greedy_texts = [t for out, _ in _sample(model, prompts, cfg, greedy_rng, batch_size, env)
                     for t in decode_completions(out, tokenizer)]
     greedy_correct = np.asarray([_score(verifier(t, p)) for t, p in zip(greedy_texts, problems)])
 
@@ -153,7 +162,8 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
       correct=group(correct, k), loglik=group(np.concatenate(loglik), k),
       lengths=group(np.concatenate(lengths), k), finished=group(np.concatenate(finished), k),
       reward=group(np.concatenate(reward), k) if reward else None,
-      greedy_correct=greedy_correct, target_reward=target_reward)
+      greedy_correct=greedy_correct, target_reward=target_reward,
+      turns=group(np.concatenate(turns), k) if env is not None else None)
 
 
 def _score(value) -> float:
@@ -197,6 +207,8 @@ def summarize(samples: EvalSamples, *, tilt_beta: float | None = None) -> dict[s
   rank_informative    the fraction of such problems
   kendall_tau/reward  likelihood ranking vs reward ranking
   finished, mean_length   share of samples that emitted EOS; mean tokens
+  turn_rate, mean_turns   with an environment: share of samples that took
+                  a turn (called a tool), and turns per sample
   """
   k, c = samples.k, samples.correct
   num_correct = (c > 0).sum(1)
@@ -226,6 +238,9 @@ def summarize(samples: EvalSamples, *, tilt_beta: float | None = None) -> dict[s
         [M.kendall_tau(s, r) for s, r in zip(samples.loglik, samples.reward)])
   out["finished"] = float(samples.finished.mean())
   out["mean_length"] = float(samples.lengths.mean())
+  if samples.turns is not None:
+    out["turn_rate"] = float((samples.turns > 0).mean())
+    out["mean_turns"] = float(samples.turns.mean())
   return out
 
 

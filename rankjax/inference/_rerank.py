@@ -73,13 +73,14 @@ def loglik_scores(out: sampling.SampleOutput, *, normalize: bool = True) -> np.n
       s = Σ_t log π(y_t | x, y_<t) · m_t  [ / Σ_t m_t  if normalize ]
 
   from the raw-model log-probs the sampler recorded (not the processed
-  sampling distribution), m the completion mask. Length normalisation (the
+  sampling distribution), m the model's own tokens (a multi-turn
+  transcript's observations excluded). Length normalisation (the
   mean per-token log-prob) stops the ranking from simply preferring short
   completions (Wu et al. 2016, arXiv 1609.08144 §7 discusses the bias).
   """
   logprobs = np.asarray(out.logprobs, np.float64)
-  lengths = np.asarray(out.lengths)
-  mask = np.arange(logprobs.shape[1])[None] < lengths[:, None]
+  mask = np.asarray(out.mask) & np.asarray(out.generated)
+  lengths = mask.sum(axis=1)
   total = np.sum(np.where(mask, logprobs, 0.0), axis=1)
   return total / np.maximum(lengths, 1) if normalize else total
 

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import jax
 
-from rankjax import rewards as rewards_lib
+from rankjax import envs, rewards as rewards_lib
 from rankjax.inference import _metrics as M
 from rankjax.inference._evaluate import collect, format_table, pass_at_k_curve, summarize
 from rankjax.inference._plots import (plot_pass_at_k, plot_ranking_curve, plot_reward_curve,
@@ -102,7 +102,8 @@ def _collect(run: Run):
                  verifier=verifier, rewards=rewards,
                  max_new_tokens=cfg.sample.max_new_tokens, top_k=cfg.sample.top_k,
                  top_p=cfg.sample.top_p, min_p=cfg.sample.min_p, target_rewards=target,
-                 target_correct_weight=correct_weight)
+                 target_correct_weight=correct_weight,
+                 env=envs.from_config(cfg.env, run.tokenizer, problems))
 
 
 def _json_safe(metrics: dict) -> dict:

@@ -140,17 +140,24 @@ def _turn_ended(out: SampleOutput, t, turn_start, turn_ends):
   return hit
 
 
-def _env_turn(state: _State, t, was_live, forced, env: Environment) -> _State:
+def _env_turn(state: _State, t, before: _State, forced, env: Environment, params) -> _State:
   """After step t: advance forced observations; step the environment for
-  the rows whose turn just ended; stop rows past `max_turns`."""
-  es, out, lim = state.env, state.out, env.limits
+  the rows whose turn just ended; stop rows past `max_turns`. A turn-end
+  sequence that is also an EOS (Llama 3's <|eom_id|>) ends the turn, not
+  the episode."""
+  es, lim = state.env, env.limits
+  was_live = ~before.done
   obs_pos = es.obs_pos + (was_live & forced).astype(jnp.int32)
   # The model's next turn begins after the observation's last token.
   turn_start = jnp.where(was_live & forced & (obs_pos == es.obs_len), t + 1, es.turn_start)
   wrote = was_live & ~forced
-  ends = _turn_ended(out, t, turn_start, env.turn_ends)
+  ends = _turn_ended(state.out, t, turn_start, env.turn_ends)
   if lim.turn_max_tokens:
     ends |= t + 1 - turn_start >= lim.turn_max_tokens
+  out = state.out.replace(finished=jnp.where(wrote & ends, before.out.finished,
+                                             state.out.finished))
+  full = t + 1 >= params.max_new_tokens
+  state = state.replace(out=out, done=before.done | out.finished | full)
   trigger = wrote & ends & ~state.done
   over = trigger & (out.turns >= lim.max_turns)
   call = trigger & ~over
@@ -246,10 +253,9 @@ def sample_loop(model: Transformer, prompt_tokens_bp, prompt_mask_bp,
     if env is None:
       return _record(state, t, tok, raw_lp, proc_lp, params, eos_ids, pad_id)
     forced_tok, forced = _forced_tokens(state.env)
-    was_live = ~state.done
     tok = jnp.where(forced, forced_tok, tok)
-    state = _record(state, t, tok, raw_lp, proc_lp, params, eos_ids, pad_id, forced)
-    return _env_turn(state, t, was_live, forced, env)
+    after = _record(state, t, tok, raw_lp, proc_lp, params, eos_ids, pad_id, forced)
+    return _env_turn(after, t, state, forced, env, params)
 
   state = sample(state, logits, 0)
 

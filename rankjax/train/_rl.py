@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax import models, parallel, rewards as rewards_lib
+from rankjax import envs, models, parallel, rewards as rewards_lib
 from rankjax.data import tasks as tasks_lib
 from rankjax.errors import UserInputError
 from rankjax.train._grpo import grpo_step, needs_reference
@@ -148,8 +148,11 @@ def _stage_optim(cfg, learning_rate: float):
   return dataclasses.replace(cfg.optim, learning_rate=learning_rate or cfg.optim.learning_rate)
 
 
-def rollout_settings(cfg, tok) -> RolloutSettings:
-  return RolloutSettings(cfg.sample, tuple(tok.eos_ids), tok.pad_id)
+def rollout_settings(cfg, tok, records=()) -> RolloutSettings:
+  """How rollouts sample; with `cfg.env`, the environment over `records`
+  (the rows a batch's `example_index` points into)."""
+  return RolloutSettings(cfg.sample, tuple(tok.eos_ids), tok.pad_id,
+                         envs.from_config(cfg.env, tok, records))
 
 
 def jit_rl_step(step_fn, state_sh, batch_sh, reward_states, *extra_sh, **static):
@@ -195,7 +198,8 @@ def stage_grpo(run: Run) -> None:
                                        seed=cfg.seed, with_reference=needs_reference(cfg.grpo))
   batch_sh = batch_sharding(mesh)
   jitted = jit_rl_step(grpo_step, state_sh, batch_sh, reward_states, hp=cfg.grpo,
-                       rollout=rollout_settings(cfg, tok), rewards=tuple(rewards))
+                       rollout=rollout_settings(cfg, tok, batches.records),
+                       rewards=tuple(rewards))
   step = lambda st, batch: jitted(st, batch, reward_states)
   start = time.time()
   state, summary = _loop(run, "grpo", state, step, batches, cfg.grpo.steps, mesh, optim,
@@ -229,7 +233,7 @@ def stage_ppo(run: Run) -> None:
     critic, critic_sh = create_train_state(reward_model_from(run.model, cfg.seed + 3),
                                            make_optimizer(optim, updates), mesh,
                                            seed=cfg.seed + 1)
-  settings = rollout_settings(cfg, tok)
+  settings = rollout_settings(cfg, tok, batches.records)
   batch_sh = batch_sharding(mesh)
   rep = NamedSharding(mesh, P())
 

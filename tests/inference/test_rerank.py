@@ -19,12 +19,25 @@ def model():
                             intermediate_size=64)
 
 
-def _fake_output(tokens, lengths, logprobs):
+def _fake_output(tokens, lengths, logprobs, generated=None):
   tokens = jnp.asarray(tokens, jnp.int32)
+  r, n = tokens.shape
+  mask = np.arange(n)[None] < np.asarray(lengths)[:, None]
   return sampling.SampleOutput(tokens=tokens, lengths=jnp.asarray(lengths, jnp.int32),
-                               finished=jnp.zeros(tokens.shape[0], bool),
+                               finished=jnp.zeros(r, bool),
                                logprobs=jnp.asarray(logprobs, jnp.float32),
-                               sampling_logprobs=jnp.zeros(tokens.shape, jnp.float32))
+                               sampling_logprobs=jnp.zeros(tokens.shape, jnp.float32),
+                               generated=jnp.asarray(mask if generated is None else generated),
+                               turns=jnp.zeros(r, jnp.int32), env_reward=jnp.zeros(r),
+                               turn_rewards=jnp.zeros((r, n)), env_errors=jnp.zeros(r, jnp.int32))
+
+
+def test_loglik_scores_skip_environment_observations():
+  """A multi-turn row: its observation tokens (log-prob 0, not generated)
+  count neither in the sum nor in the length."""
+  out = _fake_output([[5, 6, 7, 8]], [4], [[-1.0, 0.0, 0.0, -3.0]],
+                     generated=[[True, False, False, True]])
+  np.testing.assert_allclose(I.loglik_scores(out), [-2.0])
 
 
 def test_loglik_scores_mask_by_length():

@@ -65,6 +65,9 @@ class ArithmeticTask:
     seed: the generator seed; the train/test partition does not depend on
       it, so splits stay disjoint across seeds too.
     test_fraction: share of the problem space (not of samples) in test.
+    tool_fraction: share of problems (by a hash, independent of the draws)
+      whose cot completion uses the calculator tool instead of reasoning:
+      "<calc>a op b</calc>" + its result line + "answer: N" (`rankjax.envs`).
   """
   ops: tuple[str, ...] = ("add", "sub", "mul")
   min_digits: int = 1
@@ -72,6 +75,7 @@ class ArithmeticTask:
   cot: bool = False
   seed: int = 0
   test_fraction: float = 0.2
+  tool_fraction: float = 0.0
 
   def __post_init__(self):
     if not self.ops:
@@ -130,10 +134,24 @@ def _reasoning_lines(op: str, a: int, b: int) -> list[str]:
   return lines
 
 
-def make_record(op: str, a: int, b: int, *, cot: bool) -> dict[str, str]:
+def _uses_tool(op: str, a: int, b: int, fraction: float) -> bool:
+  """Whether the demonstration of `a op b` calls the calculator: a hash of
+  the problem (salted apart from `problem_split`), so draws do not move."""
+  if fraction <= 0:
+    return False
+  digest = hashlib.blake2b(f"tool:{a}{_SYMBOL[op]}{b}".encode(), digest_size=8)
+  return int.from_bytes(digest.digest(), "big") / 2.0**64 < fraction
+
+
+def make_record(op: str, a: int, b: int, *, cot: bool,
+                tool_fraction: float = 0.0) -> dict[str, str]:
   """The record for `a op b` (prompt "a<sym>b=")."""
   answer = str(_APPLY[op](a, b))
-  if cot:
+  if cot and _uses_tool(op, a, b, tool_fraction):
+    # The calculator's observation ("<result>\n") is context the
+    # environment writes; a demonstration shows the whole transcript.
+    completion = f"<calc>{a}{_SYMBOL[op]}{b}</calc>{answer}\n{ANSWER_MARKER} {answer}"
+  elif cot:
     completion = "\n".join(_reasoning_lines(op, a, b)
                            + [f"{ANSWER_MARKER} {answer}"])
   else:
@@ -170,7 +188,7 @@ def generate(task: ArithmeticTask, split: str, n: int) -> list[dict[str, str]]:
     a = _draw_operand(rng, int(digits_a))
     b = _draw_operand(rng, int(digits_b))
     if problem_split(op, a, b, task.test_fraction) == split:
-      records.append(make_record(op, a, b, cot=task.cot))
+      records.append(make_record(op, a, b, cot=task.cot, tool_fraction=task.tool_fraction))
   if len(records) == n:
     return records
   raise RuntimeError(
@@ -382,5 +400,5 @@ def make(cfg) -> Arithmetic:
   """`data.source="arithmetic"`: the task `cfg.data` describes."""
   d = cfg.data
   spec = ArithmeticTask(ops=d.ops, min_digits=d.min_digits, max_digits=d.max_digits,
-                        cot=d.cot, seed=cfg.seed)
+                        cot=d.cot, seed=cfg.seed, tool_fraction=d.tool_fraction)
   return Arithmetic(spec, num_train=d.num_train, num_eval=d.num_eval)
