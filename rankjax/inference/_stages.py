@@ -129,6 +129,8 @@ def stage_eval(run: Run) -> None:
   evaluated.append(label)
   k = samples.k
   keys = [*table_columns(k)[0], f"pass_gap@{k}", "greedy", "kendall_tau", "ndcg"]
+  if "turn_rate" in metrics:
+    keys.append("turn_rate")
   print(f"eval [{label}] on {metrics['num_problems']} problems, k={k}:")
   print(format_table({label: metrics}, keys))
 
