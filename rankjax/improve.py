@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import jax
 import numpy as np
 
-from rankjax import rewards as rewards_lib
+from rankjax import envs, rewards as rewards_lib
 from rankjax.errors import UserInputError
 from rankjax.inference import collect
 from rankjax.train import fit
@@ -47,7 +47,9 @@ def _train_prompts(run: Run, iteration: int) -> list[dict]:
 
 def _sample(run: Run, problems, iteration: int):
   """K samples per problem with the run's sampling knobs (`cfg.sample`, at
-  the eval temperature), verified like evaluation verifies."""
+  the eval temperature), verified like evaluation verifies; with `cfg.env`,
+  whole multi-turn transcripts (the environment's observations become part
+  of the training text, as in tool-use demonstrations)."""
   cfg = run.cfg
   verifier = rewards_lib.verifier(run.task, cfg.grpo.rewards,
                                   threshold=cfg.eval.pass_threshold)
@@ -55,7 +57,8 @@ def _sample(run: Run, problems, iteration: int):
                  temperature=cfg.eval.temperature, max_new_tokens=cfg.sample.max_new_tokens,
                  top_k=cfg.sample.top_k, top_p=cfg.sample.top_p, min_p=cfg.sample.min_p,
                  rng=jax.random.key(cfg.seed * 1000 + 17 + iteration), greedy=False,
-                 task=run.task, verifier=verifier)
+                 task=run.task, verifier=verifier,
+                 env=envs.from_config(cfg.env, run.tokenizer, problems))
 
 
 def verified_records(problems, samples) -> list[dict]:

@@ -2,7 +2,9 @@
 
 from rankjax.envs._calculator import HostCalculator, calculator
 from rankjax.envs._config import BUILTIN_ENVS, from_config
+from rankjax.envs._games import GuessNumber, guess_records
 from rankjax.envs._host import HostEnv, host
+from rankjax.envs._tools import ToolEnv, function_schema, parse_tool_calls, tool_observation
 from rankjax.envs._protocol import (
     EnvError,
     Environment,
@@ -14,4 +16,6 @@ from rankjax.envs._protocol import (
 )
 
 __all__ = ["EnvError", "Environment", "HostEnvironment", "HostStep", "Limits", "Observation",
-           "Traceable", "HostCalculator", "calculator", "HostEnv", "host", "BUILTIN_ENVS", "from_config"]
+           "Traceable", "HostCalculator", "calculator", "HostEnv", "host", "BUILTIN_ENVS", "from_config",
+           "GuessNumber", "guess_records", "ToolEnv", "function_schema", "parse_tool_calls",
+           "tool_observation"]
