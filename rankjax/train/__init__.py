@@ -29,7 +29,7 @@ from rankjax.train._steps import (OFFLINE, Offline, apply_grads, check_batch, co
                                   update)
 from rankjax.train._grpo import (advantages, completion_logps, grpo_step, minibatch_order,
                                  policy_updates)
-from rankjax.train._ppo import ppo_step
+from rankjax.train._ppo import ppo_step, turn_token_rewards
 from rankjax.train._rl import PromptBatches, jit_rl_step, rollout_settings, stage_grpo, stage_ppo
 from rankjax.train._rollout import Rollout, RolloutSettings, logprob_mismatch, rollout
 from rankjax.train._rollout import sample as sample_completions
@@ -52,5 +52,5 @@ __all__ = [
     "jit_rl_step", "rollout_settings", "Rollout", "RolloutSettings", "logprob_mismatch",
     "rollout", "sample_completions", "score_completions", "as_lists", "check_lists",
     "listwise_loss_fn", "listwise_objective", "listwise_step", "stage_listwise",
-    "dpo_reference_free", "abstract_train_state",
+    "dpo_reference_free", "abstract_train_state", "turn_token_rewards",
 ]

@@ -52,6 +52,20 @@ def _values(policy, critic, tokens, attn, p, h_policy):
   return critic.values(hidden[:, p - 1: -1])
 
 
+def turn_token_rewards(ro: Rollout, ref_logp, loss_mask, kl_coef, *, hp: PPOCfg,
+                       env_weight: float = 0.0):
+  """Per-token rewards [R, C]: −kl_coef·KL_t on the model's tokens, each
+  turn's environment reward (times `env_weight`, the "env" reward's weight)
+  at the turn's last model token, and the rest of the row's total at its
+  last model token. They sum to the row's total minus the KL penalty."""
+  per_turn = env_weight * ro.turn_rewards
+  final = jnp.where(ro.valid, ro.total - jnp.sum(per_turn, axis=1), 0.0)
+  return losses.ppo_token_rewards(
+      final, ro.logprobs, ref_logp, loss_mask, kl_coef=kl_coef,
+      kl_estimator=hp.kl_estimator, has_eos_b=ro.finished,
+      missing_eos_penalty=hp.missing_eos_penalty) + jnp.where(loss_mask, per_turn, 0.0)
+
+
 def targets(state: TrainState, critic: TrainState | None, ro: Rollout, kl_coef, *,
             hp: PPOCfg, temperature: float, env_weight: float = 0.0):
   """The update data: tokens, masks, π_old, whitened GAE advantages, returns
@@ -67,12 +81,8 @@ def targets(state: TrainState, critic: TrainState | None, ro: Rollout, kl_coef, 
   old_values = jax.lax.stop_gradient(
       _values(policy, None if critic is None else critic.model(), tokens, attn, p, h))
   ref_logp = jax.lax.stop_gradient(_forward(state.ref_model(), tokens, attn, p, temperature)[0])
-  per_turn = env_weight * ro.turn_rewards
-  final = jnp.where(ro.valid, ro.total - jnp.sum(per_turn, axis=1), 0.0)
-  token_rewards = losses.ppo_token_rewards(
-      final, ro.logprobs, ref_logp, loss_mask, kl_coef=kl_coef,
-      kl_estimator=hp.kl_estimator, has_eos_b=ro.finished,
-      missing_eos_penalty=hp.missing_eos_penalty) + jnp.where(loss_mask, per_turn, 0.0)
+  token_rewards = turn_token_rewards(ro, ref_logp, loss_mask, kl_coef, hp=hp,
+                                     env_weight=env_weight)
   if hp.whiten_rewards:
     token_rewards = losses.whiten(token_rewards, loss_mask, shift_mean=False)
   adv, returns = losses.gae(token_rewards, old_values, loss_mask, gamma=hp.gamma, lam=hp.lam)
