@@ -15,6 +15,7 @@ BENCHMARKS = {
     "grpo": "rankjax.bench.grpo",
     "objectives": "rankjax.bench.objectives",
     "plan": "rankjax.bench.plan",
+    "tools": "rankjax.bench.tools",
 }
 
 

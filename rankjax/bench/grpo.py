@@ -3,6 +3,8 @@
     python -m rankjax.bench grpo [--batch 8] [--group 8] [--prompt-len 32]
         [--new-tokens 64] [--layers 8] [--repeats 3] [--threads N] [--no-trl]
         [--tiny] [--json PATH]
+    python -m rankjax.bench grpo --env {calculator,calculator_host}
+        [--turn-tokens 8] [--repeats 7] [--tiny]
 
 Workload: B prompts x G completions x N new tokens, every completion forced
 to its full N tokens (rankjax: no EOS id; TRL: `min_new_tokens = N`), on the
@@ -32,6 +34,21 @@ first step is the warm-up, the rest are timed by a callback around each
 optimizer step. Its split comes from timing the trainer's `_generate`,
 `_calculate_rewards` and reference-model log-prob calls; its update is the
 rest of the step.
+
+`--env NAME` times the environment's overhead instead (no TRL, no step):
+`train.sample_completions` (the step's sampling, `sampling.sample_loop`)
+with the environment against the same call without it, in alternation
+(A/B/A/B, medians). The model is the same random Llama over the built-in
+character tokenizer's vocabulary (the calculator reads its characters).
+Both runs write N tokens per row (no EOS id): each decode step writes one
+token per row, the model's or an observation's, so the two runs take the
+same N decode steps and the ratio of their times is the overhead per decode
+step. A random model rarely closes `</calc>`, so turns are forced with
+`Limits(turn_max_tokens=--turn-tokens)`: every turn ends after that many
+model tokens, the calculator answers "error\n", and turns go on until the
+buffer is full. For the host calculator (`envs.host`, one `io_callback` at
+each decode step where a turn ends) the time difference is also divided by
+the env steps taken (row-turns, and callbacks: decode steps with a turn end).
 
 FLOP floor = (2·N per generated token + 6·N per trained token + 2·N per
 reference-forward token) / the float32 matmul peak measured in this run (a
@@ -64,11 +81,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from rankjax import models, parallel, rewards, sampling, train
+from rankjax import envs, models, parallel, rewards, sampling, train
 from rankjax.bench import _common
 from rankjax.bench.sampler import random_model
 from rankjax.bench.train import matmul_params
 from rankjax.config import GRPOCfg, OptimCfg, SampleCfg
+from rankjax.tokenizer import CharTokenizer
 
 _FULL = dict(vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8,
              num_heads=8, num_kv_heads=2, head_dim=64)
@@ -119,6 +137,10 @@ def parse_args(argv) -> argparse.Namespace:
   p.add_argument("--no-trl", action="store_true", help="skip TRL's GRPOTrainer")
   p.add_argument("--tiny", action="store_true", help="a tiny model and workload (smoke test)")
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--env", default="", choices=("", "calculator", "calculator_host"),
+                 help="time sampling with this environment against without it (no TRL)")
+  p.add_argument("--turn-tokens", type=int, default=8,
+                 help="with --env: model tokens per turn (envs.Limits.turn_max_tokens)")
   p.add_argument("--trl-child", default=None, help=argparse.SUPPRESS)
   _common.add_common_args(p)
   return p.parse_args(argv)
@@ -554,6 +576,114 @@ def report(r: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------
+# --env: the environment's overhead on sampling.
+# ---------------------------------------------------------------------------
+
+
+# The overhead an in-graph environment may add per decode step.
+ENV_TARGET = ("env_overhead", 1.15, "traceable env time / no-env time per decode step <=")
+
+
+def make_env(name: str, tok, rows: int, w: Workload, turn_tokens: int):
+  limits = envs.Limits(max_turns=w.new_tokens, turn_max_tokens=turn_tokens,
+                       max_observation_tokens=12)
+  if name == "calculator":
+    return envs.calculator(tok, limits)
+  return envs.host(envs.HostCalculator(), tok, [{}] * rows, limits)
+
+
+def env_settings(w: Workload, env) -> train.RolloutSettings:
+  return train.RolloutSettings(SampleCfg(max_new_tokens=w.new_tokens, temperature=1.0),
+                               eos_ids=(), pad_id=0, env=env)
+
+
+def check_forced(out: sampling.SampleOutput, w: Workload, name: str) -> None:
+  lengths = np.asarray(out.lengths)
+  if not (lengths == w.new_tokens).all():
+    raise RuntimeError(f"{name}: rows were not forced to {w.new_tokens} tokens: {lengths}")
+
+
+def run_env(args, w: Workload) -> dict[str, Any]:
+  """Sampling with `args.env` against without it, timed in alternation."""
+  tok = CharTokenizer()
+  cfg = dataclasses.replace(model_config(args), vocab_size=tok.vocab_size)
+  model = random_model(cfg, args.seed)
+  rng = np.random.default_rng(args.seed)
+  prompts = rng.integers(3, tok.vocab_size, (w.batch, w.prompt_len)).astype(np.int32)
+  batch = {"prompt_tokens": jnp.asarray(prompts),
+           "prompt_mask": jnp.ones(prompts.shape, bool),
+           "example_index": jnp.arange(w.batch, dtype=jnp.int32)}
+  env = make_env(args.env, tok, w.batch, w, args.turn_tokens)
+  key = jax.random.key(args.seed)
+  fns = {}
+  for name, e in (("no env", None), (args.env, env)):
+    sample = jax.jit(functools.partial(train.sample_completions, settings=env_settings(w, e),
+                                       group_size=w.group))
+    fns[name] = functools.partial(sample, model, batch, key)
+  timings = _common.time_interleaved(fns, args.repeats, verbose=True)
+  plain, with_env = timings["no env"], timings[args.env]
+  check_forced(plain.first_output, w, "no env")
+  check_forced(with_env.first_output, w, args.env)
+  out = with_env.first_output
+  turns = np.asarray(out.turns)
+  row_turns = int(turns.sum())
+  model_tokens = int(np.asarray(out.generated).sum())
+  # Decode steps where some row's turn ended: one io_callback each (host).
+  callbacks = int(turns.max())
+  extra_s = with_env.median_s - plain.median_s
+  result = {
+      "env": args.env, "turn_tokens": args.turn_tokens,
+      "model": {"params_m": cfg.num_params / 1e6, "vocab_size": cfg.vocab_size,
+                "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers},
+      "workload": dataclasses.asdict(w) | {"repeats": args.repeats, "forced": True},
+      "seconds": {"no_env": plain.median_s, "env": with_env.median_s},
+      "times_s": {"no_env": plain.times_s, "env": with_env.times_s},
+      "compile_s": {"no_env": plain.compile_s, "env": with_env.compile_s},
+      "ms_per_decode_step": {"no_env": 1e3 * plain.median_s / w.new_tokens,
+                             "env": 1e3 * with_env.median_s / w.new_tokens},
+      "env_overhead": with_env.median_s / plain.median_s,
+      "env_overhead_best": with_env.best_s / plain.best_s,
+      "row_turns": row_turns, "turns_per_row": row_turns / turns.size,
+      "callbacks": callbacks,
+      "model_token_fraction": model_tokens / (turns.size * w.new_tokens),
+      "error_rate": float(np.asarray(out.env_errors).sum()) / max(row_turns, 1),
+      "extra_ms_per_row_turn": 1e3 * extra_s / max(row_turns, 1),
+      "extra_ms_per_callback": 1e3 * extra_s / max(callbacks, 1),
+  }
+  if args.env == "calculator":
+    key, most, what = ENV_TARGET
+    result["targets"] = {key: {"measured": result[key], "target": most, "what": what,
+                               "pass": result[key] <= most}}
+  return result
+
+
+def env_report(r: dict[str, Any]) -> str:
+  w = r["workload"]
+  head = (f"sampling with env {r['env']!r} vs none: {r['model']['params_m']:.1f}M params "
+          f"(char vocab {r['model']['vocab_size']}), {w['batch']} prompts x {w['group']} "
+          f"samples x {w['new_tokens']} tokens (forced), prompt {w['prompt_len']}, turns of "
+          f"{r['turn_tokens']} model tokens, {w['repeats']} alternated repeats (medians)")
+  ms = r["ms_per_decode_step"]
+  table = _common.format_table(
+      [["no env", r["seconds"]["no_env"], ms["no_env"], r["compile_s"]["no_env"]],
+       [r["env"], r["seconds"]["env"], ms["env"], r["compile_s"]["env"]]],
+      ["sampling", "s", "ms/decode step", "compile s"])
+  lines = [head, "", table, "",
+           f"env overhead: {r['env_overhead']:.3f}x per decode step (medians; best times "
+           f"{r['env_overhead_best']:.3f}x); {r['row_turns']} row-turns "
+           f"({r['turns_per_row']:.1f} per row, error rate {r['error_rate']:.2f}), "
+           f"{r['callbacks']} turn-end decode steps; model tokens "
+           f"{r['model_token_fraction']:.0%} of the buffer",
+           f"extra time: {r['extra_ms_per_row_turn']:.3f} ms per row-turn, "
+           f"{r['extra_ms_per_callback']:.2f} ms per turn-end decode step"]
+  if "targets" in r:
+    t = r["targets"][ENV_TARGET[0]]
+    lines.append(f"target: overhead <= {ENV_TARGET[1]}x: "
+                 f"{'PASS' if t['pass'] else 'MISS'} ({r['env_overhead']:.3f}x)")
+  return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -563,6 +693,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       print(json.dumps(run_trl(json.load(f)), default=float))
     return {}
   threads = _common.pin_threads(args.threads)
+  if args.env:
+    result = {"benchmark": "grpo --env", **run_env(args, workload(args)), "machine": threads}
+    print(env_report(result))
+    _common.emit_json(result, args.json_path)
+    return result
   cfg, w = model_config(args), workload(args)
   prompts = make_prompts(cfg.vocab_size, w, args.seed)
   peaks: list[float] = []

@@ -38,6 +38,8 @@ class HostEnv:
                      f"string or tuple of strings, got {env.turn_end!r}")
     self.env, self.tok, self.records, self.limits = env, tokenizer, list(records), limits
     self.name = getattr(env, "name", type(env).__name__)
+    # Tool schemas the prompts render (`ToolEnv`), or None.
+    self.tools_schema = getattr(env, "tools_schema", None)
     self.turn_ends = tuple(tuple(tokenizer.encode(e)) for e in ends)
     self._states: list = []
     self._index = np.zeros(0, np.int64)

@@ -78,7 +78,9 @@ class Environment(Protocol):
   step(state, tokens, turn_mask, active) -> (state, Observation): tokens
   i32[R, C] the completion buffer so far, turn_mask bool[R, C] the tokens
   of each row's turn that just ended, active bool[R] the rows whose turn
-  ended (others must keep their state).
+  ended (others must keep their state). An environment may also carry
+  `tools_schema` (JSON schemas): prompts are then rendered by the chat
+  template with them (`Task.prompt_ids(..., tools=)`).
   """
   name: str
   turn_ends: tuple[tuple[int, ...], ...]

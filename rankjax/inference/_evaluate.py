@@ -116,7 +116,8 @@ def collect(model, tokenizer, problems: Sequence[dict], *, k: int, temperature: 
   verifier = verifier or task.verify
   if prompt_fn is not None:
     problems = [dict(p, prompt=prompt_fn(p["prompt"])) for p in problems]
-  prompts = [task.prompt_ids(p, tokenizer) for p in problems]
+  tools = getattr(env, "tools_schema", None)   # a tool environment's schemas
+  prompts = [task.prompt_ids(p, tokenizer, tools) for p in problems]
   kw = dict(temperature=temperature, max_new_tokens=max_new_tokens, top_k=top_k,
             top_p=top_p, min_p=min_p)
   sample_rng, greedy_rng = jax.random.split(rng)

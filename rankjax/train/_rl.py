@@ -122,16 +122,21 @@ def run_rewards(run: Run, names, weights, records) -> list[rewards_lib.Reward]:
                                 records=records, reward_model=run.reward_model)
 
 
-def _prompt_batches(run: Run, batch_size: int, names) -> PromptBatches:
+def _prompt_batches(run: Run, batch_size: int, names):
+  """(prompt batches, the run's environment over the same records): a tool
+  environment's schemas are rendered into the prompts."""
   task, tok = run.task, run.tokenizer
   records = task.records("train")
   if not records:
     raise UserInputError(f"task {task.name!r} has no training prompts")
+  env = envs.from_config(run.cfg.env, tok, records)
+  tools = getattr(env, "tools_schema", None)
   # In-graph "correct" reads reference answers from the batch.
   answers = "correct" in names and task.graph_verifier(tok) is not None
-  return PromptBatches(records, tok, batch_size, run.cfg.data.max_prompt_length,
-                       seed=run.cfg.seed, encode=lambda r: task.prompt_ids(r, tok),
-                       answers=answers)
+  batches = PromptBatches(records, tok, batch_size, run.cfg.data.max_prompt_length,
+                          seed=run.cfg.seed, encode=lambda r: task.prompt_ids(r, tok, tools),
+                          answers=answers)
+  return batches, env
 
 
 def _loop(run, stage, state, step, batches, steps, mesh, optim, updates_per_step):
@@ -148,11 +153,10 @@ def _stage_optim(cfg, learning_rate: float):
   return dataclasses.replace(cfg.optim, learning_rate=learning_rate or cfg.optim.learning_rate)
 
 
-def rollout_settings(cfg, tok, records=()) -> RolloutSettings:
-  """How rollouts sample; with `cfg.env`, the environment over `records`
-  (the rows a batch's `example_index` points into)."""
-  return RolloutSettings(cfg.sample, tuple(tok.eos_ids), tok.pad_id,
-                         envs.from_config(cfg.env, tok, records))
+def rollout_settings(cfg, tok, env=None) -> RolloutSettings:
+  """How rollouts sample: the `sample` section, the tokenizer's ids and the
+  run's multi-turn environment (None: one turn)."""
+  return RolloutSettings(cfg.sample, tuple(tok.eos_ids), tok.pad_id, env)
 
 
 def jit_rl_step(step_fn, state_sh, batch_sh, reward_states, *extra_sh, **static):
@@ -189,7 +193,7 @@ def stage_grpo(run: Run) -> None:
   """GRPO on the current policy (usually after SFT)."""
   cfg, tok = run.cfg, run.tokenizer
   mesh = parallel.make_mesh(cfg.mesh)
-  batches = _prompt_batches(run, cfg.grpo.num_prompts, cfg.grpo.rewards)
+  batches, env = _prompt_batches(run, cfg.grpo.num_prompts, cfg.grpo.rewards)
   rewards = run_rewards(run, cfg.grpo.rewards, cfg.grpo.reward_weights, batches.records)
   reward_states = [r.state for r in rewards]
   optim = _stage_optim(cfg, cfg.grpo.learning_rate)
@@ -198,7 +202,7 @@ def stage_grpo(run: Run) -> None:
                                        seed=cfg.seed, with_reference=needs_reference(cfg.grpo))
   batch_sh = batch_sharding(mesh)
   jitted = jit_rl_step(grpo_step, state_sh, batch_sh, reward_states, hp=cfg.grpo,
-                       rollout=rollout_settings(cfg, tok, batches.records),
+                       rollout=rollout_settings(cfg, tok, env),
                        rewards=tuple(rewards))
   step = lambda st, batch: jitted(st, batch, reward_states)
   start = time.time()
@@ -215,7 +219,7 @@ def stage_ppo(run: Run) -> None:
   cfg, tok = run.cfg, run.tokenizer
   p = cfg.ppo
   mesh = parallel.make_mesh(cfg.mesh)
-  batches = _prompt_batches(run, p.num_prompts, p.rewards)
+  batches, env = _prompt_batches(run, p.num_prompts, p.rewards)
   rewards = run_rewards(run, p.rewards, (), batches.records)
   reward_states = [r.state for r in rewards]
   updates = p.steps * p.num_epochs * p.num_minibatches
@@ -233,7 +237,7 @@ def stage_ppo(run: Run) -> None:
     critic, critic_sh = create_train_state(reward_model_from(run.model, cfg.seed + 3),
                                            make_optimizer(optim, updates), mesh,
                                            seed=cfg.seed + 1)
-  settings = rollout_settings(cfg, tok, batches.records)
+  settings = rollout_settings(cfg, tok, env)
   batch_sh = batch_sharding(mesh)
   rep = NamedSharding(mesh, P())
 

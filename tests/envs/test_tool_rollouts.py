@@ -13,7 +13,8 @@ import pytest
 from flax import nnx
 from tokenizers import AddedToken
 
-from rankjax import envs, sampling, testing
+from rankjax import envs, inference, sampling, testing
+from rankjax.data import tasks
 from rankjax.tokenizer import CharTokenizer, HFTokenizer
 from test_tokenizer import _save, _train_bpe
 from test_tools import QWEN_TOOLS, add
@@ -153,3 +154,12 @@ def test_tool_call_episode_renders_what_the_chat_template_renders(qwen_tok):
   obs_ids = tok.encode(step.observation)
   generated = np.asarray(out.generated[0, :n])
   assert (~generated).sum() == len(obs_ids)
+
+  # Evaluation renders the tool schemas into the prompt (the fitted model
+  # only answers right from that prompt) and runs the same episode.
+  samples = inference.collect(
+      model, tok, records, k=2, temperature=0.0, rng=jax.random.key(0),
+      task=tasks.Task(), verifier=lambda text, record: float(text.endswith("The sum is 5.")),
+      max_new_tokens=128, greedy=False, env=envs.host(env, tok, records, limits))
+  np.testing.assert_array_equal(samples.turns, [[1, 1]])
+  np.testing.assert_array_equal(samples.correct, [[1.0, 1.0]])

@@ -50,17 +50,18 @@ _EXAMPLE_COLUMNS = ("prompt", "completion", "chosen", "rejected", "label", "mess
 
 
 def encode_prompt(tokenizer, prompt, *, chat: bool = False,
-                  system: str | None = None) -> list[int]:
+                  system: str | None = None, tools=None) -> list[int]:
   """Prompt ids: BOS + text (as `rankjax.data.tokenize_prompt` encodes a
   string prompt), or the chat template with the generation prompt for a
-  message list, or for text with `chat` (one user turn)."""
-  if isinstance(prompt, str) and not chat:
+  message list, or for text with `chat` (one user turn). `tools`: JSON
+  schemas the chat template renders (tool calling; implies the template)."""
+  if isinstance(prompt, str) and not chat and tools is None:
     return list(tokenizer.encode(prompt, add_bos=True))
   messages = prompt if not isinstance(prompt, str) else [{"role": "user", "content": prompt}]
   if system:
     messages = [{"role": "system", "content": system}, *messages]
   return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
-                                            tokenize=True))
+                                            tokenize=True, tools=tools))
 
 
 class Task:
@@ -93,8 +94,10 @@ class Task:
     records = self.records(split)
     return _sources.RecordSource(records, name=f"{self.name}:{split}") if records else None
 
-  def prompt_ids(self, record: dict, tokenizer) -> list[int]:
-    return encode_prompt(tokenizer, record["prompt"], chat=self.chat)
+  def prompt_ids(self, record: dict, tokenizer, tools=None) -> list[int]:
+    """The record's prompt ids; with `tools` (JSON schemas), rendered by the
+    chat template with them."""
+    return encode_prompt(tokenizer, record["prompt"], chat=self.chat, tools=tools)
 
   @property
   def has_verifier(self) -> bool:
