@@ -780,12 +780,254 @@ GSM8K = [
     OUTPUTS,
 ]
 
+# -- 05 multi-turn rollouts with tools ---------------------------------------------
+
+MULTI_TURN = [
+    md('''
+        # Multi-turn rollouts: tools and environments
+
+        {badge}
+
+        A rollout can be a conversation instead of one completion: the model
+        writes a turn, an environment answers with observation tokens (a
+        tool's result, a game's reply), and the model continues, until it
+        writes an end-of-sequence token, the environment ends the episode, or a
+        limit is reached. This notebook
+
+        1. runs the built-in calculator on one hand-written turn, as a
+           *traceable* environment (`jax.numpy`, compiled into the decode loop)
+           and as its plain-Python twin;
+        2. writes a new *host* environment, a lookup tool, in a few lines of
+           Python and samples multi-turn transcripts with it;
+        3. trains with GRPO and the calculator in the loop
+           (`configs/grpo_tools_arith.py`), then plots the reward and how
+           often the policy calls the tool.
+
+        The full size takes several minutes on a Colab CPU and less on a GPU
+        or TPU. `RANKJAX_NOTEBOOK_SIZE=tiny` takes about a minute on a CPU, but
+        it trains too briefly to learn anything.
+        '''),
+    INSTALL,
+    md("## Settings"),
+    settings("runs/05_multi_turn_tools"),
+    md('''
+        ## The calculator, one turn at a time
+
+        A traceable environment is two per-row functions in `jax.numpy`:
+        `reset(record) -> state` and
+        `step(state, turn_tokens, turn_mask) -> (state, obs_tokens, obs_mask, reward, done, error)`.
+        The decode loop vmaps them over the rows and calls them inside its
+        `while_loop` whenever a row's turn ends, so a whole multi-turn rollout
+        stays one compiled program. The model calls the calculator by writing
+        `<calc>A op B</calc>` (op one of `+ - *`). The turn ends at `</calc>`,
+        and the observation is the result followed by a newline. Below, the
+        step runs by hand on one turn. `envs.HostCalculator` follows the same
+        rule in plain Python, strings in and out (use it with tokenizers that
+        are not one token per character).
+        '''),
+    code('''
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+
+        from rankjax import envs
+        from rankjax.tokenizer import CharTokenizer
+
+        tok = CharTokenizer()
+        calc = envs.calculator(tok, envs.Limits(max_turns=2, max_observation_tokens=12))
+        print("turn ends:", [tok.decode(ids) for ids in calc.turn_ends])
+
+        turn = "<calc>1234+56789</calc>"
+        turn_tokens = jnp.asarray(tok.encode(turn), jnp.int32)
+        state = calc.reset_fn({})
+        state, obs_tokens, obs_mask, reward, done, error = jax.jit(calc.step_fn)(
+            state, turn_tokens, jnp.ones(turn_tokens.shape, bool))
+        observation = tok.decode(np.asarray(obs_tokens)[np.asarray(obs_mask)])
+        print(f"traceable: {turn!r} -> {observation!r}  (reward {float(reward)}, "
+              f"done {bool(done)}, error {bool(error)})")
+
+        host_step = envs.HostCalculator().step(None, turn)
+        print(f"host:      {turn!r} -> {host_step.observation!r}  (reward {host_step.reward}, "
+              f"done {host_step.done}, error {host_step.error})")
+        assert observation == host_step.observation == "58023\\n"
+        '''),
+    md('''
+        ## Your own environment
+
+        A host environment is any object with a `name`, the text that ends a
+        model turn (`turn_end`), `reset(record) -> state` and
+        `step(state, turn_text) -> envs.HostStep(state, observation, reward, done, error)`.
+        `record` is the row the prompt came from, so the environment can hold
+        per-problem data the prompt does not show. Here it is a small table
+        that the model queries with `<lookup>KEY</lookup>`.
+
+        `envs.host(env, tokenizer, records, limits)` makes it something the
+        compiled decode loop can call. At the decode steps where a row's turn
+        ends, one `jax.experimental.io_callback` passes the turns to Python,
+        and the observations come back as tokens that are fed to the model
+        one per step. `envs.Limits` caps the episode: `max_turns` environment
+        steps per row, `turn_max_tokens` model tokens per turn (the environment
+        steps when a turn reaches it; 0 means no budget), and the widest
+        observation, `max_observation_tokens`. `max_new_tokens` caps all of a
+        row's tokens, the model's and the environment's together.
+        '''),
+    code('''
+        import re
+
+
+        class Lookup:
+          """Answers `<lookup>KEY</lookup>` from the record's table."""
+          name = "lookup"
+          turn_end = "</lookup>"
+          CALL = re.compile(r"<lookup>(\\w+)</lookup>$")
+
+          def reset(self, record: dict):
+            return {"table": record["table"], "asked": ()}
+
+          def step(self, state, turn_text: str) -> envs.HostStep:
+            call = self.CALL.search(turn_text)
+            if call is None:  # the turn ran out of tokens before a call
+              return envs.HostStep(state, "write <lookup>KEY</lookup>\\n", error=True)
+            key = call[1]
+            state = {**state, "asked": (*state["asked"], key)}
+            if key not in state["table"]:
+              return envs.HostStep(state, f"no {key[:20]}\\n", error=True)
+            return envs.HostStep(state, state["table"][key] + "\\n", reward=1.0)
+
+
+        records = [
+            {"prompt": "Capital of France? ", "table": {"france": "Paris", "spain": "Madrid"}},
+            {"prompt": "Water boils at (C)? ", "table": {"water": "100", "ethanol": "78"}},
+        ]
+        lookup = Lookup()
+        state = lookup.reset(records[0])
+        for text in ("<lookup>france</lookup>", "<lookup>italy</lookup>", "Paris, I think"):
+          print(f"{text!r:28} -> {lookup.step(state, text)}")
+        '''),
+    md('''
+        Now sample with it. The model is a tiny random one from
+        `rankjax.testing`, so its text is noise and it never writes
+        `</lookup>` by itself: with `turn_max_tokens=8` each of its turns ends
+        after 8 tokens, the environment steps anyway and answers with its
+        error message. `out.generated` marks the tokens the model wrote;
+        observation tokens are shown between ⟦ ⟧ and get no policy loss in
+        training. `out.turns` counts the environment steps per row,
+        `out.env_reward` sums the environment's rewards and `out.env_errors`
+        counts the error turns. A row that reaches `max_new_tokens` stops
+        there, in the middle of an observation if need be.
+        '''),
+    code('''
+        from rankjax import inference, sampling, testing
+
+        model = testing.tiny_model("qwen2", vocab_size=tok.vocab_size, hidden_size=32,
+                                   num_layers=1, num_heads=2, num_kv_heads=1,
+                                   intermediate_size=64)
+        limits = envs.Limits(max_turns=3, turn_max_tokens=8, max_observation_tokens=32)
+        env = envs.host(lookup, tok, records, limits)
+        # Row r of the batch continues prompt r // G, and prompt i is reset from
+        # records[i] (the default `example_index` is the prompt's position).
+        prompts = [inference.encode_prompt(tok, r["prompt"]) for r in records]
+        G = 2
+        scfg = sampling.SamplingConfig(max_new_tokens=64, temperature=1.0, num_samples=G,
+                                       eos_token_ids=tuple(tok.eos_ids), pad_token_id=tok.pad_id)
+        out = sampling.generate(model, prompts, scfg, rng=jax.random.key(0), env=env)
+
+
+        def transcript(tokens, generated, n: int) -> str:
+          """The row's text with observation tokens between ⟦ ⟧."""
+          parts, start = [], 0
+          for i in range(1, n + 1):
+            if i == n or generated[i] != generated[start]:
+              text = tok.decode(tokens[start:i])
+              parts.append(text if generated[start] else f"⟦{text}⟧")
+              start = i
+          return "".join(parts)
+
+
+        tokens, generated, lengths = (np.asarray(x) for x in (out.tokens, out.generated, out.lengths))
+        for r in range(len(tokens)):
+          print(f"row {r} (prompt {r // G}): turns {int(out.turns[r])}, "
+                f"env reward {float(out.env_reward[r])}, error turns {int(out.env_errors[r])}")
+          print("   ", repr(transcript(tokens[r], generated[r], int(lengths[r]))))
+        '''),
+    md('''
+        To train against it, put `make_env()` returning `Lookup()` in a file
+        and name it in the config: `--config.env.name=path/to/file.py:make_env`.
+        The records are then the rows of the run's task.
+
+        ## GRPO with the calculator in the loop
+
+        `configs/grpo_tools_arith.py` is `sft → eval → grpo → eval` on 4- to
+        6-digit addition. The SFT demonstrations are short worked answers, and
+        30% of them (`data.tool_fraction`) call the calculator instead:
+        `1234+56789=` → `<calc>1234+56789</calc>58023\\nanswer: 58023`. GRPO then
+        samples 8 answers per prompt with the calculator running inside the
+        compiled step (`env.name="calculator"`). The reward is the verifier's
+        check of the last `answer:` line, so the calculator's result only
+        counts if the model copies it into its answer. Only the tiny size
+        overrides anything.
+        '''),
+    RECIPES,
+    READ_JSONL,
+    code('''
+        overrides = {}
+        if TINY:
+          overrides.update({
+              "model.hidden_size": 32, "model.num_layers": 1, "model.num_heads": 2,
+              "model.num_kv_heads": 1, "model.head_dim": 16, "model.intermediate_size": 64,
+              "data.batch_size": 16, "sft.steps": 20, "log_every": 1,
+              "grpo.steps": 3, "grpo.num_prompts": 4, "grpo.group_size": 4,
+              "eval.num_problems": 8, "eval.num_samples": 4})
+        cfg = configure("grpo_tools_arith", overrides)
+        print("environment:", cfg.env)
+        run = run_lib.execute(cfg, WORKDIR)
+        '''),
+    md('''
+        ## Curves and evaluation
+
+        Every GRPO step with an environment logs `env/turns` (environment
+        steps per row), `env/turn_rate` (the share of rows that called the
+        tool at least once) and `env/error_rate` (malformed calls per turn)
+        next to the reward. Evaluation adds `turn_rate` and `mean_turns` to
+        its summary: the evaluated samples run with the calculator too.
+        '''),
+    code('''
+        import matplotlib.pyplot as plt
+
+        rows = [r for r in read_jsonl(WORKDIR / "metrics.jsonl") if r.get("stage") == "grpo"]
+        steps = [r["step"] for r in rows]
+        fig, (ax_r, ax_t) = plt.subplots(1, 2, figsize=(12, 4))
+        ax_r.plot(steps, [r["reward"] for r in rows], label="mean reward")
+        ax_r.set(title="GRPO reward", xlabel="step", ylim=(-0.02, 1.02))
+        ax_t.plot(steps, [r["env/turn_rate"] for r in rows], label="rows that called the tool")
+        ax_t.plot(steps, [r["env/error_rate"] for r in rows], ls="--", label="malformed calls per turn")
+        ax_t.set(title="calculator use", xlabel="step", ylim=(-0.02, 1.02))
+        for ax in (ax_r, ax_t):
+          ax.grid(alpha=0.3)
+          ax.legend(fontsize="small")
+        fig.tight_layout()
+        fig.savefig(WORKDIR / "multi_turn_curves.png")
+        plt.show()
+
+        summary = json.loads((WORKDIR / "summary.json").read_text())
+        k = cfg.eval.num_samples
+        print(inference.format_table({s: summary[s] for s in summary["evaluated"]},
+                                     ["pass@1", f"pass@{k}", "greedy", "turn_rate", "mean_turns"]))
+        '''),
+    md('''
+        To see what the tool adds, run the same recipe without it,
+        `--config.env.name=''`: single-turn GRPO from the same SFT model.
+        '''),
+    OUTPUTS,
+]
+
 
 NOTEBOOKS = {
     "01_quickstart.ipynb": QUICKSTART,
     "02_sft_dpo.ipynb": SFT_DPO,
     "03_grpo_arithmetic.ipynb": GRPO_ARITH,
     "04_real_model_gsm8k.ipynb": GSM8K,
+    "05_multi_turn_tools.ipynb": MULTI_TURN,
 }
 
 

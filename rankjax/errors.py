@@ -23,6 +23,9 @@ class UserInputError(ValueError):
 # `UnfilteredStackTraceError` holds `traceback.format_exception_only(e)`,
 # i.e. "rankjax.data._formats.DataError: f.jsonl:3: invalid JSON ...".
 _QUALIFIED = re.compile(r"\b(rankjax(?:\.\w+)*)\.(\w+): (.+)")
+# What JAX shows of an error raised inside a host callback (io_callback,
+# pure_callback): the class's bare name, "EnvError: environment ...".
+_BARE = re.compile(r"\b([A-Z]\w*Error): (.+)")
 
 
 def _chain(error: BaseException):
@@ -52,7 +55,26 @@ def _from_text(text: str) -> UserInputError | None:
         return cls(message)
       except TypeError:  # a constructor that wants more than the message
         return UserInputError(message)
+  by_name = {cls.__name__: cls for cls in _subclasses(UserInputError)}
+  for match in _BARE.finditer(text):
+    cls = by_name.get(match.group(1))
+    if cls is not None:
+      try:
+        return cls(match.group(2))
+      except TypeError:
+        return UserInputError(match.group(2))
   return None
+
+
+def _subclasses(cls: type) -> list[type]:
+  """`cls` and every subclass of it defined so far (an error raised inside
+  a callback was raised by imported code, so its class is among them)."""
+  out, queue = [], [cls]
+  while queue:
+    c = queue.pop()
+    out.append(c)
+    queue.extend(c.__subclasses__())
+  return out
 
 
 def find_user_error(error: BaseException) -> UserInputError | None:

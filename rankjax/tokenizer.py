@@ -8,7 +8,7 @@ Both implement the same small surface:
   encode(text, add_bos=False) -> list[int]
   decode(ids, skip_special_tokens=True) -> str
   apply_chat_template(messages, add_generation_prompt=False, tokenize=False,
-                      return_assistant_mask=False)
+                      return_assistant_mask=False, tools=None)
 
 `HFTokenizer` reproduces what transformers' fast tokenizers produce for the
 same directory (ids, decoded text, rendered chat templates, assistant masks)
@@ -122,12 +122,18 @@ class CharTokenizer:
 
   def apply_chat_template(self, messages, add_generation_prompt: bool = False,
                           tokenize: bool = False,
-                          return_assistant_mask: bool = False):
+                          return_assistant_mask: bool = False, tools=None):
     """A minimal template: `<role>: <content>\\n` per message.
 
     With `return_assistant_mask`, returns `(ids, mask)` where mask marks the
-    assistant contents (and the newline that ends them).
+    assistant contents (and the newline that ends them). This template has no
+    tool format: `tools` must be empty (tool calling needs a Hugging Face
+    tokenizer whose chat template renders tools).
     """
+    if tools:
+      raise ValueError("apply_chat_template: the character tokenizer's template has no "
+                       "tool format; tool schemas need a Hugging Face tokenizer whose chat "
+                       "template renders tools")
     ids: list[int] = []
     mask: list[int] = []
     for m in messages:

@@ -111,11 +111,28 @@ def _check_gsm8k(work):
     _png(work / png)
 
 
+def _check_multi_turn(work):
+  summary = json.loads((work / "summary.json").read_text())
+  assert summary["evaluated"] == ["sft", "grpo"]
+  for stage in ("sft", "grpo"):
+    assert summary[stage]["num_problems"] == 8
+    assert 0 <= summary[stage]["turn_rate"] <= 1, stage
+    assert summary[stage]["mean_turns"] >= 0, stage
+  grpo = [r for r in _read_jsonl(work / "metrics.jsonl") if r.get("stage") == "grpo"]
+  assert [r["step"] for r in grpo] == [1, 2, 3]
+  for r in grpo:
+    assert math.isfinite(r["env/turns"]) and r["env/turns"] >= 0, r
+    assert math.isfinite(r["env/turn_rate"]) and 0 <= r["env/turn_rate"] <= 1, r
+    assert 0 <= r["reward"] <= 1, r
+  _png(work / "multi_turn_curves.png")
+
+
 CHECKS = {
     "01_quickstart.ipynb": _check_quickstart,
     "02_sft_dpo.ipynb": _check_sft_dpo,
     "03_grpo_arithmetic.ipynb": _check_grpo,
     "04_real_model_gsm8k.ipynb": _check_gsm8k,
+    "05_multi_turn_tools.ipynb": _check_multi_turn,
 }
 
 

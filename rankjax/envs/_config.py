@@ -37,6 +37,9 @@ def from_config(cfg, tokenizer, records: Sequence[dict]) -> Environment | None:
     from rankjax.envs._tools import ToolEnv
     fns = [load_callable(spec, "tool") for spec in cfg.tools]
     return host(ToolEnv(fns, tokenizer, fmt=cfg.tool_format), tokenizer, records, limits)
+  if ":" not in cfg.name:
+    raise EnvError(f"env {cfg.name!r}: expected one of {', '.join(map(repr, BUILTIN_ENVS))} "
+                   "or path/to/file.py:function")
   made = load_callable(cfg.name, "env")()
   if _is_environment(made):
     return made

@@ -127,15 +127,16 @@ class Traceable:
     rows = tokens.shape[0]
     error = out[5] if len(out) == 6 else jnp.zeros((rows,), bool)
     o = self.limits.max_observation_tokens
-    checks = {"obs_tokens": (tokens_o, (rows, o), jnp.integer),
-              "obs_mask": (mask_o, (rows, o), jnp.bool_),
-              "reward": (reward, (rows,), jnp.floating),
-              "done": (done, (rows,), jnp.bool_), "error": (error, (rows,), jnp.bool_)}
-    for field, (x, shape, kind) in checks.items():
+    checks = {"obs_tokens": (tokens_o, (rows, o), jnp.integer, "int"),
+              "obs_mask": (mask_o, (rows, o), jnp.bool_, "bool"),
+              "reward": (reward, (rows,), jnp.floating, "float"),
+              "done": (done, (rows,), jnp.bool_, "bool"),
+              "error": (error, (rows,), jnp.bool_, "bool")}
+    for field, (x, shape, kind, kind_name) in checks.items():
       if not hasattr(x, "shape") or x.shape != shape or not jnp.issubdtype(x.dtype, kind):
         got = f"{getattr(x, 'dtype', type(x).__name__)}{tuple(getattr(x, 'shape', ()))}"
         raise EnvError(f"environment {self.name!r}: step returned {field} {got}; expected "
-                       f"{jnp.dtype(kind).name if kind is not jnp.integer else 'int'} of per-row "
+                       f"{kind_name} of per-row "
                        f"shape {shape[1:]} (max_observation_tokens={o})")
     obs = Observation(tokens=tokens_o.astype(jnp.int32), mask=mask_o,
                       reward=reward.astype(jnp.float32), done=done, error=error)
