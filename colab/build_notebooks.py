@@ -959,7 +959,7 @@ MULTI_TURN = [
 
         `configs/grpo_tools_arith.py` is `sft → eval → grpo → eval` on 4- to
         6-digit addition. The SFT demonstrations are short worked answers, and
-        30% of them (`data.tool_fraction`) call the calculator instead:
+        60% of them (`data.tool_fraction`) call the calculator instead:
         `1234+56789=` → `<calc>1234+56789</calc>58023\\nanswer: 58023`. GRPO then
         samples 8 answers per prompt with the calculator running inside the
         compiled step (`env.name="calculator"`). The reward is the verifier's

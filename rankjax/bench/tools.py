@@ -1,11 +1,11 @@
 """Multi-turn GRPO with a calculator against single-turn GRPO, from one SFT
 model: held-out pass@1 / pass@k / greedy and the tool-call rate of each.
 
-    python -m rankjax.bench tools [--sft-steps 1500] [--grpo-steps 200]
+    python -m rankjax.bench tools [--sft-steps 2500] [--grpo-steps 200]
         [--problems 200] [--seed 0] [--workdir DIR] [--tiny] [--json PATH]
 
 The recipe is `configs/grpo_tools_arith.py` (4-to-6-digit addition, SFT on
-worked answers of which 30% call the calculator). One SFT model is trained;
+worked answers of which 60% call the calculator). One SFT model is trained;
 then two GRPO runs start from it with the same prompts, seed and step count:
 "grpo+calculator" samples with the traceable calculator in the decode loop
 (`env.name="calculator"`), "grpo single-turn" without it (`env.name=""`).
@@ -37,7 +37,7 @@ TURN_KEY = "env/turn_rate"
 
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m rankjax.bench tools")
-  p.add_argument("--sft-steps", type=int, default=1500)
+  p.add_argument("--sft-steps", type=int, default=2500)
   p.add_argument("--grpo-steps", type=int, default=200)
   p.add_argument("--problems", type=int, default=200)
   p.add_argument("--seed", type=int, default=0)
