@@ -174,6 +174,9 @@ class EnvCfg:
   max_turns: int = 4
   turn_max_tokens: int = 0         # model tokens per turn before the env steps anyway; 0 = none
   max_observation_tokens: int = 16
+  # How observations enter the KV cache: "forced" (a token per decode step)
+  # or "prefill" (one chunk per answer); see docs/algorithms/multi_turn.md.
+  observations: Literal["forced", "prefill"] = "forced"
   tools: tuple[str, ...] = ()      # "path/to/file.py:function" entries for name="tools"
   tool_format: Literal["qwen", "llama3"] = "qwen"
 

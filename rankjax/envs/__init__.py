@@ -11,11 +11,12 @@ from rankjax.envs._protocol import (
     HostEnvironment,
     HostStep,
     Limits,
+    OBSERVATIONS,
     Observation,
     Traceable,
 )
 
-__all__ = ["EnvError", "Environment", "HostEnvironment", "HostStep", "Limits", "Observation",
+__all__ = ["EnvError", "Environment", "HostEnvironment", "HostStep", "Limits", "OBSERVATIONS", "Observation",
            "Traceable", "HostCalculator", "calculator", "HostEnv", "host", "BUILTIN_ENVS", "from_config",
            "GuessNumber", "guess_records", "ToolEnv", "function_schema", "parse_tool_calls",
            "tool_observation"]

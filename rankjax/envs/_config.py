@@ -22,7 +22,8 @@ def from_config(cfg, tokenizer, records: Sequence[dict]) -> Environment | None:
   if not cfg.name:
     return None
   limits = Limits(max_turns=cfg.max_turns, turn_max_tokens=cfg.turn_max_tokens,
-                  max_observation_tokens=cfg.max_observation_tokens)
+                  max_observation_tokens=cfg.max_observation_tokens,
+                  observations=cfg.observations)
   if cfg.name == "calculator":
     if not hasattr(tokenizer, "char_id"):
       raise EnvError("env 'calculator' runs in-graph over the built-in character tokenizer; "

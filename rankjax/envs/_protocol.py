@@ -41,6 +41,9 @@ class EnvError(UserInputError):
 
 
 
+OBSERVATIONS = ("forced", "prefill")
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """How long an episode may run. The completion buffer
@@ -49,6 +52,15 @@ class Limits:
   max_turns: int = 4               # environment steps per row
   turn_max_tokens: int = 0         # model tokens per turn before the env steps anyway; 0 = none
   max_observation_tokens: int = 16  # O: the widest observation
+  # How an observation enters the row's KV cache: "forced", one token per
+  # decode step, or "prefill", one O-token chunk when the environment
+  # answers (`sampling.sample_loop`). Same transcripts either way.
+  observations: str = "forced"
+
+  def __post_init__(self):
+    if self.observations not in OBSERVATIONS:
+      raise ValueError(f"env observations must be one of {OBSERVATIONS}, "
+                       f"got {self.observations!r}")
 
 
 @struct.dataclass

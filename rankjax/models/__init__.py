@@ -35,6 +35,7 @@ from rankjax.models._transformer import (
     create_abstract,
     default_positions,
     init_cache,
+    write_slots,
 )
 
 __all__ = [
@@ -42,6 +43,6 @@ __all__ = [
     "config_to_hf", "CheckpointError", "check_checkpoint_dir", "from_pretrained", "load_config",
     "save_pretrained", "from_hf_tensors", "GGUF_ARCHITECTURES", "GGUF_TENSOR_TYPES",
     "from_gguf", "load_gguf_config", "KVCache", "Transformer", "create", "create_abstract",
-    "default_positions", "init_cache",
+    "default_positions", "init_cache", "write_slots",
     "LORA_TARGETS", "apply_lora", "lora_targets", "merge_lora", "zero_lora",
 ]

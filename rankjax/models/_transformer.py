@@ -48,7 +48,9 @@ class KVCache:
          [L, ...] cache copied each layer's keys and values every step).
   mask:  bool[B, S] — slot holds a real (non-padding) token.
   index: int32[] — the next slot to write; every row writes the same slot, so
-         ragged prompts are left-padded and carry their own positions.
+         ragged prompts are left-padded and carry their own positions. Or
+         int32[B]: each row writes at its own slot (multi-turn sampling, where
+         an environment's observation enters some rows' caches as a chunk).
   rows:  int32[B, S] or None — row b reads slot s from row rows[b, s] (a slot
          table, as in paged attention). Beam search reorders this table
          instead of copying the whole cache each step; rows always write
@@ -331,20 +333,33 @@ def read_slots(x_bksh, rows_bs):
   return x_bksh[rows_bs[:, None, :], jnp.arange(k)[None, :, None], jnp.arange(s)[None, None, :]]
 
 
+def write_slots(buf_bs, x_bt, index, axis: int = 1):
+  """`buf` with `x` written at slot `index` along `axis` (the slot axis of
+  a [B, ...] buffer): one `dynamic_update_slice` for a shared int32[]
+  index, one per row (a scatter) for an int32[B] index."""
+  if index.ndim == 0:
+    start = [0] * buf_bs.ndim
+    start[axis] = index
+    return jax.lax.dynamic_update_slice(buf_bs, x_bt, start)
+  def one(buf, x, i):
+    start = [0] * buf.ndim
+    start[axis - 1] = i
+    return jax.lax.dynamic_update_slice(buf, x, start)
+  return jax.vmap(one)(buf_bs, x_bt, index)
+
+
 def cached_block(x_btd, w, cache_k, cache_v, *, cfg: ModelConfig, sin, cos, mask_bts, index,
                  rows_bs=None):
   """One layer that writes its new keys/values into its cache [B, K, S, H].
 
   The cache is updated with `dynamic_update_slice` on the carried buffer, so
   XLA updates it in place instead of rebuilding it every step.
+  index: the shared int32[] or per-row int32[B] slot of the first new token.
   rows_bs: the cache's slot table, or None (each row reads its own slots).
   """
   q, k, v = _qkv(x_btd, w, cfg, sin, cos)
-  start = (0, 0, index, 0)
-  cache_k = jax.lax.dynamic_update_slice(cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype),
-                                         start)
-  cache_v = jax.lax.dynamic_update_slice(cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype),
-                                         start)
+  cache_k = write_slots(cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype), index, axis=2)
+  cache_v = write_slots(cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), index, axis=2)
   keys, values = cache_k, cache_v
   if rows_bs is not None:
     keys, values = read_slots(keys, rows_bs), read_slots(values, rows_bs)
@@ -608,7 +623,8 @@ class Transformer(nnx.Module):
     """Write T tokens at `cache.index` and attend over the cache.
 
     Returns (final hidden states [B, T, D], updated cache). Query t sits in
-    slot index + t and sees slots <= its own that hold real tokens.
+    slot index + t and sees slots <= its own that hold real tokens (index
+    is shared, int32[], or per row, int32[B]).
     layer_weights: `self.layer_weights()`, split once by a caller that runs
       this in a loop (the sampler); split here otherwise. The layers run
       unrolled, each on its own weights.
@@ -616,14 +632,15 @@ class Transformer(nnx.Module):
     cfg = self.config
     t = tokens_bt.shape[1]
     index = cache.index
-    kv_mask = jax.lax.dynamic_update_slice(
-        cache.mask, token_mask_bt.astype(bool), (0, index))
+    kv_mask = write_slots(cache.mask, token_mask_bt.astype(bool), index)
     slots = jnp.arange(cache.max_length)
-    causal = slots[None, :] <= (index + jnp.arange(t))[:, None]       # [T, S]
-    mask = causal[None] & kv_mask[:, None, :]                          # [B, T, S]
+    query_slots = jnp.reshape(index, (-1, 1)) + jnp.arange(t)            # [1 or B, T]
+    causal = slots[None, None, :] <= query_slots[:, :, None]              # [1 or B, T, S]
+    mask = causal & kv_mask[:, None, :]                                  # [B, T, S]
     sin, cos = self._sin_cos(positions_bt)
     rows = cache.rows
     if rows is not None:
+      assert index.ndim == 0, "a slot table needs a shared write index"
       # The new slots live in each row's own storage.
       rows = jax.lax.dynamic_update_slice(rows, _own_rows(rows.shape[0], t), (0, index))
     x, ks, vs = self._embed(tokens_bt), [], []

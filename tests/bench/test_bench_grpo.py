@@ -98,3 +98,26 @@ def test_word_tokenizer_reproduces_the_prompt_ids():
   ids = np.random.default_rng(0).integers(2, 32000, (4, 32))
   for row in ids:
     assert tok(grpo.prompt_text(row))["input_ids"] == row.tolist()
+
+
+def test_env_mode_times_both_ways_of_writing_observations(capsys):
+  """`--env calculator`: every turn regime x observation mode against no
+  environment, all on the same full buffers; the default row is forced."""
+  r = grpo.main(["--env", "calculator", "--tiny", "--repeats", "1", "--new-tokens", "24",
+                 "--turn-tokens", "4"])
+  out = capsys.readouterr().out
+  names = {f"{regime}/{obs}" for regime in grpo.REGIMES for obs in ("forced", "prefill")}
+  assert set(r["variants"]) == names
+  for name, v in r["variants"].items():
+    assert _positive(v["seconds"]) and _positive(v["overhead"]), name
+    assert v["row_turns"] > 0 and 0 < v["model_token_fraction"] < 1, name
+    assert name in out
+  budget = {o: r["variants"][f"budget/{o}"] for o in ("forced", "prefill")}
+  # Turns ended by the budget alone: the same transcripts either way.
+  assert budget["forced"]["row_turns"] == budget["prefill"]["row_turns"]
+  assert budget["forced"]["model_token_fraction"] == budget["prefill"]["model_token_fraction"]
+  # Staggered turns end at more distinct decode steps than budget turns.
+  assert (r["variants"]["staggered/forced"]["turn_end_steps"]
+          > budget["forced"]["turn_end_steps"])
+  assert r["env_overhead"] == budget["forced"]["overhead"]
+  assert "env_overhead" in r["targets"]

@@ -225,6 +225,7 @@ def test_traceable_calculator_needs_the_char_tokenizer():
     (EnvCfg(name="calculator", max_turns=0), "env.max_turns", "must be > 0"),
     (EnvCfg(name="calculator", max_observation_tokens=0), "env.max_observation_tokens",
      "must be > 0"),
+    (EnvCfg(name="calculator", observations="chunked"), "env.observations", "prefill"),
 ])
 def test_config_validation_names_the_env_key(env, key, match):
   cfg = config_lib.Config(pipeline=("grpo",), env=env)

@@ -2,6 +2,8 @@
 reference that runs the same model turn by turn with `generate` and the
 environment in Python."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,12 +69,14 @@ def _reference(model, prompt, env, record):
   return tokens, generated, logprobs, turns
 
 
+@pytest.mark.parametrize("observations", envs.OBSERVATIONS)
 @pytest.mark.parametrize("kind", ["traceable", "host"])
-def test_multiturn_rollout_equals_turn_by_turn_reference(kind):
+def test_multiturn_rollout_equals_turn_by_turn_reference(kind, observations):
   model = _model()
   records = [{"prompt": "x", "answer": "0"}] * 3
-  env = (envs.calculator(TOK, LIMITS) if kind == "traceable"
-         else envs.host(envs.HostCalculator(), TOK, records, LIMITS))
+  limits = dataclasses.replace(LIMITS, observations=observations)
+  env = (envs.calculator(TOK, limits) if kind == "traceable"
+         else envs.host(envs.HostCalculator(), TOK, records, limits))
   out = sampling.generate(model, _prompts(), _config(), env=env)
   for r, prompt in enumerate(_prompts()):
     tokens, generated, logprobs, turns = _reference(model, prompt, envs.HostCalculator(), {})
@@ -98,3 +102,31 @@ def test_traceable_and_host_calculator_give_identical_rollouts():
   for field in ("tokens", "lengths", "generated", "turns", "env_errors", "finished"):
     np.testing.assert_array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)))
   np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=1e-6)
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_prefilled_and_forced_observations_give_the_same_rollouts(penalty):
+  """One chunk per observation or one token per decode step: the same
+  transcripts, masks, log-probs and turn rewards, including rows whose
+  observation is cut by the token budget and a repetition penalty that must
+  see observation tokens."""
+  model = _model(seed=1)
+  prompts = _prompts()
+  cfg = _config(num_samples=3, repetition_penalty=penalty)
+  a, b = (sampling.generate(model, prompts, cfg, env=envs.calculator(TOK, envs.Limits(
+      max_turns=6, turn_max_tokens=3, max_observation_tokens=12, observations=o)))
+          for o in ("prefill", "forced"))
+  for field in ("tokens", "lengths", "generated", "turns", "env_errors", "finished"):
+    np.testing.assert_array_equal(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)))
+  for field in ("logprobs", "turn_rewards", "env_reward"):
+    np.testing.assert_allclose(np.asarray(getattr(a, field)), np.asarray(getattr(b, field)),
+                               atol=1e-5)
+  # Rows reach the end of the buffer inside an observation (cut there).
+  cut = np.asarray(a.lengths) == N
+  assert cut.any() and int(a.turns.max()) >= 3
+  assert not np.asarray(a.generated)[cut, -1].all()
+
+
+def test_observations_mode_is_checked():
+  with pytest.raises(ValueError, match="observations must be one of"):
+    envs.Limits(observations="chunked")

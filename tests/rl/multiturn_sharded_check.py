@@ -9,6 +9,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8")
 
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 
 import jax  # noqa: E402
@@ -53,8 +54,11 @@ def main():
   assert jax.device_count() == 8, jax.device_count()
   mesh = parallel.make_mesh({"data": 8})
   records = [{"prompt": p} for p in PROMPTS]
+  prefill = dataclasses.replace(LIMITS, observations="prefill")
   make = {"traceable": lambda: envs.calculator(TOK, LIMITS),
-          "host": lambda: envs.host(envs.HostCalculator(), TOK, records, LIMITS)}
+          "host": lambda: envs.host(envs.HostCalculator(), TOK, records, LIMITS),
+          # Observations prefilled as chunks: per-row cache writes on a sharded batch.
+          "prefill": lambda: envs.calculator(TOK, prefill)}
   result = {}
   for kind, env in make.items():
     result[kind] = {"single": run(env()), "sharded": run(env(), mesh)}

@@ -2,6 +2,7 @@
 gradient, the steps run with the calculator in the loop, sharded sampling
 equals one device, and a killed multi-turn run resumes exactly."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -160,12 +161,14 @@ def _check_env_metrics(metrics):
   return m
 
 
-def test_grpo_step_with_traceable_calculator():
+@pytest.mark.parametrize("observations", envs.OBSERVATIONS)
+def test_grpo_step_with_traceable_calculator(observations):
   state, sh, bsh = _state(_model())
   before = jax.tree.map(np.asarray, state.params)
   hp = GRPOCfg(group_size=G, num_minibatches=2)
+  limits = dataclasses.replace(LIMITS, observations=observations)
   step = _rl.jit_rl_step(_grpo.grpo_step, sh, bsh, [None], hp=hp, rewards=(ODD,),
-                         rollout=_settings(envs.calculator(TOK, LIMITS)))
+                         rollout=_settings(envs.calculator(TOK, limits)))
   batches = _rl.PromptBatches(_records(), TOK, B, 8, seed=0)
   for _ in range(2):
     state, metrics = step(state, next(batches), [None])
@@ -198,7 +201,7 @@ def test_ppo_step_with_host_calculator_and_env_reward():
 def test_sharded_multiturn_sampling_matches_single_device():
   result = run_on_8_devices(os.path.join(os.path.dirname(__file__),
                                          "multiturn_sharded_check.py"))
-  for kind in ("traceable", "host"):
+  for kind in ("traceable", "host", "prefill"):
     one, many = result[kind]["single"], result[kind]["sharded"]
     assert "data" in many["token_sharding"], many["token_sharding"]
     for field in ("tokens", "generated", "turns", "lengths", "env_errors"):
