@@ -593,17 +593,17 @@ def make_env(name: str, tok, rows: int, w: Workload, turn_tokens: int, regime: s
              observations: str = "forced"):
   limits = envs.Limits(max_turns=w.new_tokens, turn_max_tokens=turn_tokens,
                        max_observation_tokens=12, observations=observations)
+  stagger = regime == "staggered"
   if name == "calculator":
     env = envs.calculator(tok, limits)
-  else:
-    env = envs.host(envs.HostCalculator(), tok, [{}] * rows, limits)
-  if regime == "staggered":
-    ends = env.turn_ends + tuple((tok.char_id(c),) for c in STAGGER_CHARS)
-    if isinstance(env, envs.Traceable):
-      env = dataclasses.replace(env, turn_ends=ends)
-    else:
-      env.turn_ends = ends
-  return env
+    if stagger:
+      env = dataclasses.replace(
+          env, turn_ends=env.turn_ends + tuple((tok.char_id(c),) for c in STAGGER_CHARS))
+    return env
+  calc = envs.HostCalculator()
+  if stagger:   # the host protocol's own form: turn_end may be a tuple of texts
+    calc.turn_end = (calc.turn_end, *STAGGER_CHARS)
+  return envs.host(calc, tok, [{}] * rows, limits)
 
 
 def env_settings(w: Workload, env) -> train.RolloutSettings:
@@ -656,7 +656,7 @@ def run_env(args, w: Workload) -> dict[str, Any]:
     row_turns = int(turns.sum())
     extra_s = t.median_s - plain.median_s
     # Decode steps where some row's turn ended: one io_callback each (host).
-    turn_end_steps = _turn_end_steps(out, name.split("/")[1])
+    turn_end_steps = _turn_end_steps(out, settings[name].env.limits.observations)
     variants[name] = {
         "seconds": t.median_s, "times_s": t.times_s, "compile_s": t.compile_s,
         "overhead": t.median_s / plain.median_s, "overhead_best": t.best_s / plain.best_s,
