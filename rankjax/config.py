@@ -261,6 +261,40 @@ class SelfImproveCfg:
 
 
 @dataclasses.dataclass(frozen=True)
+class SynthCfg:
+  """Synthetic data ("synthesize"): the model proposes new examples from a
+  pool of seeds shown k at a time, filters keep the novel, well-formed and
+  verified ones, and the pool grows round by round
+  (docs/algorithms/synthesis.md). Later stages train on the grown pool."""
+  # "verified": the model writes a whole record (problem and solution) and
+  # only records the task's verifier accepts are kept (OSS-Instruct style).
+  # "self_instruct": the model writes a prompt, then answers it as a policy
+  # (`responses` samples); a verifier, when the task can check the prompt,
+  # picks a correct answer.
+  method: Literal["verified", "self_instruct"] = "verified"
+  seed_path: str = ""              # JSONL seed pool; empty = the task's training records
+  num_seeds: int = 0               # the first n seeds; 0 = all
+  rounds: int = 3
+  proposals: int = 256             # proposal prompts per round
+  shots: int = 4                   # pool examples shown in each proposal prompt
+  header: str = ""                 # text before the examples (e.g. an instruction)
+  temperature: float = 1.0
+  max_new_tokens: int = 64         # tokens of one proposed record
+  responses: int = 4               # self_instruct: answers sampled per new prompt
+  # SFT steps teaching a copy of the model the proposal format (k records
+  # in, one more out) on the seed pool first; 0 for models that already
+  # continue lists (instruction-tuned checkpoints).
+  proposer_steps: int = 0
+  novelty: float = 0.7             # drop a prompt whose ROUGE-L F1 to the pool reaches this
+  rouge_tokens: Literal["words", "chars"] = "words"
+  min_chars: int = 1               # prompt length rule
+  max_chars: int = 512
+  pattern: str = ""                # regex a prompt must fully match (format rule); "" = any
+  # What later stages train on: "pool" (seeds + synthesized) or "synthesized".
+  train_on: Literal["pool", "synthesized"] = "pool"
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalCfg:
   num_problems: int = 200
   num_samples: int = 8             # k for pass@k / maj@k / best-of-N
@@ -320,6 +354,7 @@ class Config:
   env: EnvCfg = EnvCfg()
   eval: EvalCfg = EvalCfg()
   self_improve: SelfImproveCfg = SelfImproveCfg()
+  synth: SynthCfg = SynthCfg()
   mesh: MeshCfg = MeshCfg()
   checkpoint: CheckpointCfg = CheckpointCfg()
 
@@ -327,7 +362,16 @@ class Config:
 # The pipeline's vocabulary; `rankjax.run.STAGES` maps each name to its
 # function (and checks at import that the two agree).
 STAGES = ("generate", "sft", "rm", "dpo", "kto", "listwise", "grpo", "ppo", "eval",
-          "rerank", "star", "iterative_dpo")
+          "rerank", "star", "iterative_dpo", "synthesize")
+
+
+def stage_key(pipeline: tuple[str, ...], i: int) -> str:
+  """The name of the i-th stage of `pipeline`, numbered from its second
+  occurrence on: ("sft", "eval", "sft") -> "sft", "eval", "sft_2". A
+  repeated training stage keeps its own checkpoints, metrics and summary."""
+  n = pipeline[:i + 1].count(pipeline[i])
+  return pipeline[i] if n == 1 else f"{pipeline[i]}_{n}"
+
 
 # -- validation ----------------------------------------------------------------
 
@@ -337,7 +381,9 @@ _POSITIVE = {
     "grpo.num_minibatches", "grpo.listwise_beta", "listwise.beta", "listwise.list_size",
     "ppo.num_prompts", "ppo.num_epochs", "ppo.num_minibatches",
     "eval.num_samples", "self_improve.num_prompts", "self_improve.num_samples",
-    "self_improve.train_steps", "env.max_turns", "env.max_observation_tokens",
+    "self_improve.train_steps", "synth.rounds", "synth.proposals", "synth.shots",
+    "synth.max_new_tokens", "synth.responses", "synth.max_chars", "env.max_turns",
+    "env.max_observation_tokens",
     "model.hidden_size", "model.num_layers", "model.num_heads",
     "model.num_kv_heads", "model.head_dim", "model.intermediate_size", "checkpoint.keep",
 }
@@ -349,6 +395,7 @@ _NON_NEGATIVE = {
     "log_every", "eval_every", "data.num_train", "data.num_eval", "eval.temperature",
     "grpo.learning_rate", "ppo.learning_rate", "self_improve.iterations", "env.turn_max_tokens",
     "grpo.listwise_target_temperature", "listwise.target_temperature", "eval.tilt_beta",
+    "synth.num_seeds", "synth.proposer_steps", "synth.temperature", "synth.min_chars",
 }
 
 
@@ -417,6 +464,15 @@ def validate(cfg: Config) -> Config:
          f"path/to/file.py:function, got {cfg.env.name!r}")
   _check(cfg.env.name != "tools" or cfg.env.tools, "env.tools",
          "env.name='tools' needs at least one path/to/file.py:function entry")
+  _check(0.0 < cfg.synth.novelty <= 1.0, "synth.novelty", "must be in (0, 1]")
+  _check(cfg.synth.min_chars <= cfg.synth.max_chars, "synth.min_chars",
+         "must be <= synth.max_chars")
+  if cfg.synth.pattern:
+    import re
+    try:
+      re.compile(cfg.synth.pattern)
+    except re.error as e:
+      raise ConfigError(f"config key 'synth.pattern': not a regular expression: {e}") from None
   _check(0.0 <= cfg.data.tool_fraction <= 1.0, "data.tool_fraction", "must be in [0, 1]")
   _check(cfg.data.tool_fraction == 0 or cfg.data.cot, "data.tool_fraction",
          "tool-use demonstrations end in 'answer: N': set data.cot=True")

@@ -38,6 +38,9 @@ class Run:
   # SIGTERM (preemption) turns this on; training loops poll it, checkpoint
   # and return, and the pipeline stops after the current stage.
   preemption: Any = None
+  # The running stage's name, numbered when the pipeline repeats it ("sft",
+  # then "sft_2"): its checkpoints, metrics and summary entry.
+  stage_key: str = ""
 
   def stop_requested(self) -> bool:
     return bool(self.preemption is not None and self.preemption.requested)
@@ -100,13 +103,14 @@ def stage_generate(run: Run) -> None:
 def _stage_table() -> dict[str, Callable[[Run], None]]:
   # The one table of pipeline stages. Each is `fn(run)`: it reads its own
   # config section (`cfg.<name>`; star/iterative_dpo: `cfg.self_improve`).
-  from rankjax import improve, inference, train
+  from rankjax import improve, inference, synth, train
   return {"generate": stage_generate,
           "sft": train.stage_sft, "rm": train.stage_rm, "dpo": train.stage_dpo,
           "kto": train.stage_kto, "listwise": train.stage_listwise,
           "grpo": train.stage_grpo, "ppo": train.stage_ppo,
           "eval": inference.stage_eval, "rerank": inference.stage_rerank,
-          "star": improve.stage_star, "iterative_dpo": improve.stage_iterative_dpo}
+          "star": improve.stage_star, "iterative_dpo": improve.stage_iterative_dpo,
+          "synthesize": synth.stage_synthesize}
 
 
 STAGES: dict[str, Callable[[Run], None]] = _stage_table()
@@ -142,16 +146,12 @@ def execute(cfg: Config, workdir: str | Path) -> Run:
         f"{jax.device_count()} {jax.devices()[0].platform} device(s); workdir {workdir}")
   with checkpoint.PreemptionGuard() as guard:
     run.preemption = guard
-    for name in cfg.pipeline:
+    for i, name in enumerate(cfg.pipeline):
       start = time.time()
+      run.stage_key = config_lib.stage_key(cfg.pipeline, i)
       STAGES[name](run)
-      walls = run.summary.setdefault("wall_seconds", {})
       # A stage that runs twice (eval before and after training) keeps both.
-      key, n = name, 1
-      while key in walls:
-        n += 1
-        key = f"{name}_{n}"
-      walls[key] = round(time.time() - start, 2)
+      run.summary.setdefault("wall_seconds", {})[run.stage_key] = round(time.time() - start, 2)
       run.write_summary()
       if guard.requested:
         print(f"rankjax: stopped after stage {name!r} (SIGTERM); rerun the same command "

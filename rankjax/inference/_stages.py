@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import jax
 
 from rankjax import envs, rewards as rewards_lib
+from rankjax.config import stage_key
 from rankjax.inference import _metrics as M
 from rankjax.inference._evaluate import collect, format_table, pass_at_k_curve, summarize
 from rankjax.inference._plots import (plot_pass_at_k, plot_ranking_curve, plot_reward_curve,
@@ -54,9 +55,9 @@ def eval_label(pipeline, evals_done: int, stage: str = "eval") -> str:
   `pipeline`: the last training stage before it, or "base"."""
   positions = [i for i, s in enumerate(pipeline) if s == stage]
   end = positions[evals_done] if evals_done < len(positions) else len(pipeline)
-  for stage in reversed(tuple(pipeline[:end])):
-    if stage not in NON_TRAINING_STAGES:
-      return stage
+  for i in reversed(range(end)):
+    if pipeline[i] not in NON_TRAINING_STAGES:
+      return stage_key(tuple(pipeline), i)  # "sft_2" for a second sft
   return "base"
 
 

@@ -148,11 +148,13 @@ def fit(run: Run, stage: str, model: models.Transformer, steps: int, *,
 
 
 def _train_policy(run: Run, stage: str, steps: int) -> None:
-  model, summary = fit(run, stage, run.model, steps)
+  # A repeated stage ("sft_2") trains under its own name: checkpoints, metrics, summary.
+  key = run.stage_key or stage
+  model, summary = fit(run, stage, run.model, steps, name=key)
   if exported := run.export(model, run.workdir / "export"):
     summary["export"] = exported
   run.model = model
-  run.summary[stage] = summary
+  run.summary[key] = summary
 
 
 def stage_sft(run: Run) -> None:

@@ -26,6 +26,7 @@ module is the only place that reads `data.source`.
 
 from __future__ import annotations
 
+import copy
 import decimal
 import functools
 import importlib
@@ -115,6 +116,38 @@ class Task:
     """`fn(completion_ids, completion_mask, answer_ids, answer_mask) ->
     f32[R]`, traceable, equal to `verify`; None: verify on the host."""
     return None
+
+  def reference(self, prompt) -> dict | None:
+    """Reference columns for a new prompt of this task, computed from the
+    prompt itself (the built-in arithmetic task evaluates the expression);
+    None when the prompt is not a problem of this task. Default `{}`: the
+    task cannot check a new prompt, so synthesis verifies a proposed record
+    against the reference columns the proposal wrote (`rankjax.synth`)."""
+    return {}
+
+  # The columns of a checkable solution that a synthesized record states
+  # (`solution`, `complete`): by default the completion itself.
+  solution_fields: tuple[str, ...] = ("completion",)
+
+  def solution(self, record: dict) -> dict:
+    """The solution columns of an existing record (how a seed shows its
+    solution to the model that proposes new records)."""
+    return {f: record[f] for f in self.solution_fields}
+
+  def complete(self, proposal: dict) -> dict | None:
+    """A proposed record (prompt + `solution_fields`) as a training record
+    with its `completion`, or None when its solution cannot be carried out.
+    Default: the proposal wrote the completion."""
+    return dict(proposal)
+
+  def with_train_records(self, rows: list[dict]) -> "Task":
+    """This task with `rows` as its training records (everything else,
+    evaluation and verification included, unchanged): how synthesized data
+    reaches the stages after `synthesize`."""
+    task = copy.copy(self)
+    own = self.records
+    task.records = lambda split: list(rows) if split == "train" else own(split)
+    return task
 
   def columns(self, records: Sequence[dict]) -> dict[str, list]:
     """Reference columns for reward functions: every column that is not the

@@ -357,6 +357,19 @@ def verify_tokens(completion_ids_bt: jax.Array, completion_mask_bt: jax.Array,
                        answer_mask_ba)
 
 
+_PROBLEM = re.compile(r"(0|[1-9][0-9]{0,17})([-+*])(0|[1-9][0-9]{0,17})=")
+
+
+def reference_answer(prompt) -> dict | None:
+  """{"answer": canonical result} for a prompt "a<op>b=" with canonical
+  non-negative operands of at most 18 digits; None for anything else."""
+  m = _PROBLEM.fullmatch(prompt) if isinstance(prompt, str) else None
+  if m is None:
+    return None
+  op = {v: k for k, v in _SYMBOL.items()}[m.group(2)]
+  return {"answer": str(_APPLY[op](int(m.group(1)), int(m.group(3))))}
+
+
 # ---------------------------------------------------------------------------
 # The task.
 # ---------------------------------------------------------------------------
@@ -386,6 +399,30 @@ class Arithmetic(NumericTask):
 
   def extract_answer(self, text: str) -> Any:
     return extract_answer(text, cot=self.spec.cot)
+
+  # A synthesized problem states the expression that solves it; the
+  # completion is that expression carried out (`complete`).
+  solution_fields = ("expression",)
+
+  def reference(self, prompt) -> dict | None:
+    """{"answer": ...} of a prompt "a<op>b=" (the expression evaluated
+    exactly; any of +, -, *), or None when the prompt is not one."""
+    return reference_answer(prompt)
+
+  def solution(self, record: dict) -> dict:
+    return {"expression": record["prompt"].removesuffix("=")}
+
+  def complete(self, proposal: dict) -> dict | None:
+    """The proposal's `expression` ("a<op>b") evaluated into this task's
+    completion (reasoning lines with cot); None when it is not one. The
+    verifier then checks it against the prompt's own reference, so a
+    record is kept only when its expression solves its problem."""
+    m = _PROBLEM.fullmatch(proposal.get("expression", "") + "=")
+    if m is None:
+      return None
+    op = {v: k for k, v in _SYMBOL.items()}[m.group(2)]
+    done = make_record(op, int(m.group(1)), int(m.group(3)), cot=self.spec.cot)
+    return {**proposal, "completion": done["completion"]}
 
   def graph_verifier(self, tokenizer) -> Callable | None:
     if not hasattr(tokenizer, "char_id"):  # the in-graph rule reads character ids
