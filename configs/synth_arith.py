@@ -31,8 +31,8 @@ def get_config() -> Config:
       optim=OptimCfg(learning_rate=3e-3, warmup_steps=10),
       sft=SFTCfg(steps=1000),
       sample=SampleCfg(max_new_tokens=6),
-      synth=SynthCfg(method="verified", rounds=3, proposals=1024, shots=2,
-                     proposer_steps=300, max_new_tokens=40, temperature=0.8,
+      synth=SynthCfg(method="verified", rounds=3, proposals=1024, shots=4,
+                     proposer_steps=300, max_new_tokens=24, temperature=0.8,
                      rouge_tokens="chars", novelty=0.9, pattern=r"[0-9]+[-+*][0-9]+="),
       eval=EvalCfg(num_problems=200, num_samples=4),
   )

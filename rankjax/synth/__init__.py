@@ -8,5 +8,5 @@ grown pool. See `_stage` and docs/algorithms/synthesis.md.
 
 from rankjax.synth._rouge import NoveltyIndex, lcs_length, rouge_l, rouge_tokens
 from rankjax.synth._stage import (FILTERS, check_form, format_counts, parse_proposal,
-                                  proposal_fields, proposal_text, read_seeds, render,
+                                  proposal_fields, proposal_text, read_seeds,
                                   stage_synthesize)

@@ -4,8 +4,9 @@ proposals, keeping only the novel, well-formed and verified ones.
 One round:
 
   propose   `synth.proposals` prompts, each `synth.header` + `synth.shots`
-            random pool records as JSON lines; the model writes the next
-            line: a new record (method "verified": prompt and completion,
+            random pool records, one per line (`Task.render_record`: JSON
+            by default, "12+34= 12+34" for arithmetic); the model writes
+            the next line: a new record (method "verified": prompt and completion,
             plus any reference column the task cannot compute itself;
             "self_instruct": a prompt only)
   filter    malformed (not a JSON object with those text fields), length
@@ -146,37 +147,24 @@ def proposal_fields(method: str, seeds: list[dict], task: tasks.Task) -> tuple[s
 # -- proposing -------------------------------------------------------------------
 
 
-def render(record: dict, fields) -> str:
-  """One pool record as the JSON line a proposal prompt shows."""
-  return json.dumps({f: record[f] for f in fields if f in record})
-
-
-def proposal_text(header: str, shown: list[dict], fields) -> str:
-  """`header`, then one JSON line per shown record; the model writes the next line."""
+def proposal_text(header: str, shown: list[dict], fields, task: tasks.Task) -> str:
+  """`header`, then one line per shown record (`Task.render_record`: a
+  JSON object by default); the model writes the next line."""
   lines = [header] if header else []
-  return "\n".join(lines + [render(r, fields) for r in shown]) + "\n"
+  return "\n".join(lines + [task.render_record(r, fields) for r in shown]) + "\n"
 
 
-def parse_proposal(text: str, fields) -> dict | None:
-  """The record a proposal wrote (its first line as a JSON object whose
-  `fields` are non-empty text), or None."""
-  line = text.split("\n", 1)[0].strip()
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError:
-    return None
-  if not isinstance(record, dict):
-    return None
-  if not all(isinstance(record.get(f), str) and record[f] for f in fields):
-    return None
-  return {f: record[f] for f in fields}
+def parse_proposal(text: str, fields, task: tasks.Task) -> dict | None:
+  """The record a proposal wrote: its first line read back by
+  `Task.parse_record`, or None."""
+  return task.parse_record(text.split("\n", 1)[0], fields)
 
 
 def _pick(rng: np.random.Generator, pool: Pool, k: int) -> list[int]:
   return list(rng.choice(len(pool.records), min(k, len(pool.records)), replace=False))
 
 
-def proposer_rows(pool: Pool, *, shots: int, header: str, fields, n: int,
+def proposer_rows(pool: Pool, task: tasks.Task, *, shots: int, header: str, fields, n: int,
                   rng: np.random.Generator) -> list[dict]:
   """`n` SFT rows teaching the proposal format: k pool records shown, one
   more (not among them) as the completion."""
@@ -184,8 +172,8 @@ def proposer_rows(pool: Pool, *, shots: int, header: str, fields, n: int,
   for _ in range(n):
     idx = _pick(rng, pool, shots + 1)
     shown, target = [pool.records[i] for i in idx[:-1]], pool.records[idx[-1]]
-    rows.append({"prompt": proposal_text(header, shown, fields),
-                 "completion": render(target, fields)})
+    rows.append({"prompt": proposal_text(header, shown, fields, task),
+                 "completion": task.render_record(target, fields)})
   return rows
 
 
@@ -198,7 +186,7 @@ def _proposer(run: Run, pool: Pool, fields, rnd: int, start):
   if not s.proposer_steps:
     return run.model
   rng = np.random.default_rng([cfg.seed, 41, rnd])
-  rows = proposer_rows(pool, shots=s.shots, header=s.header, fields=fields,
+  rows = proposer_rows(pool, run.task, shots=s.shots, header=s.header, fields=fields,
                        n=min(s.proposer_steps * cfg.data.batch_size, 20000), rng=rng)
   longest = max(len(tasks.encode_prompt(run.tokenizer, r["prompt"] + r["completion"]))
                 for r in rows) + 2
@@ -340,14 +328,15 @@ def run_round(run: Run, pool: Pool, fields, rnd: int, model) -> tuple[list[dict]
   for lo in range(0, s.proposals, _CHUNK):
     n = min(_CHUNK, s.proposals - lo)
     picks = [_pick(rng, pool, s.shots) for _ in range(n)]
-    texts = [proposal_text(s.header, [pool.records[i] for i in p], fields) for p in picks]
+    texts = [proposal_text(s.header, [pool.records[i] for i in p], fields, run.task)
+             for p in picks]
     key, sub = jax.random.split(key)
     outs = propose(model, run.tokenizer, texts, max_new_tokens=s.max_new_tokens,
                    temperature=s.temperature, rng=sub)
     counts["proposed"] += n
     cands = []
     for text, p in zip(outs, picks):
-      record = parse_proposal(text, fields)
+      record = parse_proposal(text, fields, run.task)
       reason, score = check_form(record, pool, cfg, run.task, run.tokenizer)
       if reason is None:
         record = with_reference(record, run.task, s.method)

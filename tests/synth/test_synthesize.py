@@ -38,17 +38,27 @@ def test_arithmetic_reference_evaluates_the_expression():
 
 
 def test_proposal_format_round_trip():
+  # The default rendering: one JSON object per line.
+  user = tasks.FileTask("unused.jsonl")
   fields = ("prompt", "completion")
   shown = [{"prompt": "1+2=", "completion": "3", "answer": "3"},
            {"prompt": "4+5=", "completion": "9", "answer": "9"}]
-  text = synth.proposal_text("Problems:", shown, fields)
+  text = synth.proposal_text("Problems:", shown, fields, user)
   assert text == ('Problems:\n{"prompt": "1+2=", "completion": "3"}\n'
                   '{"prompt": "4+5=", "completion": "9"}\n')
-  assert synth.parse_proposal('{"prompt": "7+1=", "completion": "8"}\ntrailing', fields) == {
-      "prompt": "7+1=", "completion": "8"}
+  assert synth.parse_proposal('{"prompt": "7+1=", "completion": "8"}\ntrailing', fields,
+                              user) == {"prompt": "7+1=", "completion": "8"}
   for bad in ('{"prompt": "7+1="}', '{"prompt": "", "completion": "8"}', "[1, 2]",
               '{"prompt": 7, "completion": "8"}', 'not json', '{"prompt": "7+1=", "compl'):
-    assert synth.parse_proposal(bad, fields) is None, bad
+    assert synth.parse_proposal(bad, fields, user) is None, bad
+  # Arithmetic writes its fields joined by a space.
+  arith, fields = _task(), ("prompt", "expression")
+  shown = [{"prompt": "1+2=", "expression": "1+2"}, {"prompt": "40-5=", "expression": "40-5"}]
+  assert synth.proposal_text("", shown, fields, arith) == "1+2= 1+2\n40-5= 40-5\n"
+  assert synth.parse_proposal("7+1= 7+1\n9", fields, arith) == {"prompt": "7+1=",
+                                                                  "expression": "7+1"}
+  for bad in ("7+1=", "7+1= 7+1 x", "7+1=  7+1", " ", ""):
+    assert synth.parse_proposal(bad, fields, arith) is None, bad
 
 
 def test_fields_follow_what_the_task_can_check():
@@ -139,12 +149,12 @@ class FakeRun:
 
 
 SCRIPT = [
-    '{"prompt": "40+2=", "expression": "40+2"}',    # kept
-    '{"prompt": "40+2=", "expression": "40+2"}',    # duplicate of the one just kept
-    '{"prompt": "5+5=", "expression": "5+6"}',      # wrong: the expression does not solve it
-    '{"prompt": "1+1="',                            # malformed
-    '{"prompt": "1+01=", "expression": "1+1"}',     # unverifiable (not a canonical problem)
-    '{"prompt": "77+8=", "expression": "77+8"}',    # kept
+    "40+2= 40+2",      # kept
+    "40+2= 40+2",      # duplicate of the one just kept
+    "5+5= 5+6",        # wrong: the expression does not solve it
+    "1+1=",            # malformed
+    "1+01= 1+1",       # unverifiable (not a canonical problem)
+    "77+8= 77+8",      # kept
 ]
 
 
@@ -189,7 +199,7 @@ def test_round_filters_and_provenance(tmp_path, monkeypatch):
 
 
 def test_self_instruct_answers_with_the_policy(tmp_path, monkeypatch):
-  _scripted(monkeypatch, ['{"prompt": "40+2="}', '{"prompt": "3+3="}', '{"prompt": "9+9="}'])
+  _scripted(monkeypatch, ["40+2=", "3+3=", "9+9="])
 
   class Samples:
     def __init__(self, problems):
@@ -250,7 +260,7 @@ def test_respond_samples_with_the_real_sampler(tmp_path):
 
 
 def test_resume_redoes_an_unfinished_round_without_duplicates(tmp_path, monkeypatch):
-  script = [json.dumps({"prompt": f"{a}+{b}=", "expression": f"{a}+{b}"})
+  script = [f"{a}+{b}= {a}+{b}"
             for a in range(100, 130) for b in range(3)]
   _scripted(monkeypatch, script)
   cfg = _cfg(proposals=8, rounds=2, shots=2, novelty=1.0)

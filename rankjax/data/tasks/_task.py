@@ -31,6 +31,7 @@ import decimal
 import functools
 import importlib
 import importlib.util
+import json
 import logging
 import pkgutil
 import sys
@@ -139,6 +140,25 @@ class Task:
     with its `completion`, or None when its solution cannot be carried out.
     Default: the proposal wrote the completion."""
     return dict(proposal)
+
+  def render_record(self, record: dict, fields: Sequence[str]) -> str:
+    """One record as a line of a synthesis proposal prompt: a JSON object
+    of `fields`. A task may write its records more compactly (the line a
+    model has to learn to continue is shorter)."""
+    return json.dumps({f: record[f] for f in fields if f in record})
+
+  def parse_record(self, line: str, fields: Sequence[str]) -> dict | None:
+    """The record a proposal line wrote (`render_record` read back), or
+    None unless every field is non-empty text."""
+    try:
+      record = json.loads(line.strip())
+    except json.JSONDecodeError:
+      return None
+    if not isinstance(record, dict):
+      return None
+    if not all(isinstance(record.get(f), str) and record[f] for f in fields):
+      return None
+    return {f: record[f] for f in fields}
 
   def with_train_records(self, rows: list[dict]) -> "Task":
     """This task with `rows` as its training records (everything else,

@@ -409,6 +409,17 @@ class Arithmetic(NumericTask):
     exactly; any of +, -, *), or None when the prompt is not one."""
     return reference_answer(prompt)
 
+  def render_record(self, record: dict, fields) -> str:
+    """Fields joined by one space ("12+34= 12+34"): prompts and expressions
+    hold no spaces, and a short line is quick for a small model to learn."""
+    return " ".join(record[f] for f in fields)
+
+  def parse_record(self, line: str, fields) -> dict | None:
+    parts = line.strip().split(" ")
+    if len(parts) != len(fields) or not all(parts):
+      return None
+    return dict(zip(fields, parts))
+
   def solution(self, record: dict) -> dict:
     return {"expression": record["prompt"].removesuffix("=")}
 
