@@ -295,6 +295,38 @@ class SynthCfg:
 
 
 @dataclasses.dataclass(frozen=True)
+class HypernetCfg:
+  """Text-to-LoRA ("hypernet"): a hypernetwork maps a task description to
+  LoRA adapters of the frozen base, trained by SFT through the adapters it
+  generates over the arithmetic family's training variants, and measured
+  zero-shot on held-out variants against the base, a multi-task LoRA and
+  per-task oracle LoRAs (docs/algorithms/hypernet.md). Variants are named
+  <op>_<format>_<digits>: op add/sub/mul, format bare/cot, digits 1/2."""
+  # SFT steps teaching run.model every variant (no descriptions) first;
+  # 0 = run.model is the base as it is. Uses data.batch_size and optim.
+  base_steps: int = 0
+  # "mean_hidden": the base's mean-pooled hidden states of the description;
+  # "learned": a learned vector per training task (held-out: their mean).
+  embedding: Literal["mean_hidden", "learned"] = "mean_hidden"
+  hidden: int = 128                # width of the hypernetwork's MLP
+  rank: int = 4                    # generated LoRA rank (and the LoRA baselines')
+  alpha: float = 8.0
+  targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+  steps: int = 300                 # hypernetwork updates; each LoRA baseline gets as many
+  tasks_per_step: int = 4          # T tasks per step ...
+  rows_per_task: int = 8           # ... b rows each (LoRA baselines: batches of T·b rows)
+  learning_rate: float = 1e-3
+  train_variants: tuple[str, ...] = ("add_bare_1", "add_bare_2", "add_cot_1", "add_cot_2",
+                                     "sub_bare_1", "sub_bare_2", "mul_cot_1", "mul_cot_2")
+  heldout_variants: tuple[str, ...] = ("sub_cot_2", "mul_bare_1")
+  num_train: int = 2000            # training problems per variant
+  num_eval: int = 100              # held-out problems per variant (pass@1)
+  # Also train the multi-task LoRA and one oracle LoRA per held-out variant
+  # (the comparison table); False: base and hypernetwork only.
+  baselines: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalCfg:
   num_problems: int = 200
   num_samples: int = 8             # k for pass@k / maj@k / best-of-N
@@ -355,6 +387,7 @@ class Config:
   eval: EvalCfg = EvalCfg()
   self_improve: SelfImproveCfg = SelfImproveCfg()
   synth: SynthCfg = SynthCfg()
+  hypernet: HypernetCfg = HypernetCfg()
   mesh: MeshCfg = MeshCfg()
   checkpoint: CheckpointCfg = CheckpointCfg()
 
@@ -362,7 +395,7 @@ class Config:
 # The pipeline's vocabulary; `rankjax.run.STAGES` maps each name to its
 # function (and checks at import that the two agree).
 STAGES = ("generate", "sft", "rm", "dpo", "kto", "listwise", "grpo", "ppo", "eval",
-          "rerank", "star", "iterative_dpo", "synthesize")
+          "rerank", "star", "iterative_dpo", "synthesize", "hypernet")
 
 
 def stage_key(pipeline: tuple[str, ...], i: int) -> str:
@@ -384,6 +417,9 @@ _POSITIVE = {
     "self_improve.train_steps", "synth.rounds", "synth.proposals", "synth.shots",
     "synth.max_new_tokens", "synth.responses", "synth.max_chars", "env.max_turns",
     "env.max_observation_tokens",
+    "hypernet.hidden", "hypernet.rank", "hypernet.alpha", "hypernet.steps",
+    "hypernet.tasks_per_step", "hypernet.rows_per_task", "hypernet.learning_rate",
+    "hypernet.num_train", "hypernet.num_eval",
     "model.hidden_size", "model.num_layers", "model.num_heads",
     "model.num_kv_heads", "model.head_dim", "model.intermediate_size", "checkpoint.keep",
 }
@@ -396,6 +432,7 @@ _NON_NEGATIVE = {
     "grpo.learning_rate", "ppo.learning_rate", "self_improve.iterations", "env.turn_max_tokens",
     "grpo.listwise_target_temperature", "listwise.target_temperature", "eval.tilt_beta",
     "synth.num_seeds", "synth.proposer_steps", "synth.temperature", "synth.min_chars",
+    "hypernet.base_steps",
 }
 
 
@@ -473,10 +510,31 @@ def validate(cfg: Config) -> Config:
       re.compile(cfg.synth.pattern)
     except re.error as e:
       raise ConfigError(f"config key 'synth.pattern': not a regular expression: {e}") from None
+  _check_hypernet(cfg.hypernet)
   _check(0.0 <= cfg.data.tool_fraction <= 1.0, "data.tool_fraction", "must be in [0, 1]")
   _check(cfg.data.tool_fraction == 0 or cfg.data.cot, "data.tool_fraction",
          "tool-use demonstrations end in 'answer: N': set data.cot=True")
   return cfg
+
+
+def _check_hypernet(hp: HypernetCfg) -> None:
+  from rankjax.models import LORA_TARGETS
+  unknown = [t for t in hp.targets if t not in LORA_TARGETS]
+  _check(hp.targets and not unknown, "hypernet.targets",
+         f"unknown {unknown or 'empty'}; expected names from {', '.join(LORA_TARGETS)}")
+  from rankjax.hypernet._tasks import parse_variant  # the package imports train, which imports this
+  for key in ("hypernet.train_variants", "hypernet.heldout_variants"):
+    names = getattr(hp, key.split(".")[1])
+    _check(bool(names), key, "needs at least one variant")
+    for name in names:
+      try:
+        parse_variant(name, f"config key {key!r}")
+      except UserInputError as e:
+        raise ConfigError(str(e)) from None
+  both = sorted(set(hp.train_variants) & set(hp.heldout_variants))
+  _check(not both, "hypernet.heldout_variants", f"{both} are also training variants")
+  _check(hp.tasks_per_step <= len(hp.train_variants), "hypernet.tasks_per_step",
+         f"must be <= the {len(hp.train_variants)} training variants, got {hp.tasks_per_step}")
 
 
 # -- flattening and overrides --------------------------------------------------

@@ -103,14 +103,14 @@ def stage_generate(run: Run) -> None:
 def _stage_table() -> dict[str, Callable[[Run], None]]:
   # The one table of pipeline stages. Each is `fn(run)`: it reads its own
   # config section (`cfg.<name>`; star/iterative_dpo: `cfg.self_improve`).
-  from rankjax import improve, inference, synth, train
+  from rankjax import hypernet, improve, inference, synth, train
   return {"generate": stage_generate,
           "sft": train.stage_sft, "rm": train.stage_rm, "dpo": train.stage_dpo,
           "kto": train.stage_kto, "listwise": train.stage_listwise,
           "grpo": train.stage_grpo, "ppo": train.stage_ppo,
           "eval": inference.stage_eval, "rerank": inference.stage_rerank,
           "star": improve.stage_star, "iterative_dpo": improve.stage_iterative_dpo,
-          "synthesize": synth.stage_synthesize}
+          "synthesize": synth.stage_synthesize, "hypernet": hypernet.stage_hypernet}
 
 
 STAGES: dict[str, Callable[[Run], None]] = _stage_table()
