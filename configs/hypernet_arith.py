@@ -27,10 +27,11 @@ def get_config() -> Config:
       eval=EvalCfg(num_samples=8, temperature=1.0),
       hypernet=HypernetCfg(
           base_steps=1500, embedding="mean_hidden", hidden=128, rank=4, alpha=8.0,
-          targets=("q", "k", "v", "o", "gate", "up", "down"), steps=300,
-          tasks_per_step=4, rows_per_task=8, learning_rate=1e-3,
+          targets=("q", "k", "v", "o", "gate", "up", "down"), steps=600,
+          tasks_per_step=4, rows_per_task=8, learning_rate=2e-3,
           train_variants=("add_bare_1", "add_bare_2", "add_cot_1", "add_cot_2",
-                          "sub_bare_1", "sub_bare_2", "mul_cot_1", "mul_cot_2"),
+                          "sub_bare_1", "sub_bare_2", "sub_cot_1", "mul_bare_2",
+                          "mul_cot_1", "mul_cot_2"),
           heldout_variants=("sub_cot_2", "mul_bare_1"),
           num_train=2000, num_eval=100),
   )

@@ -316,8 +316,9 @@ class HypernetCfg:
   tasks_per_step: int = 4          # T tasks per step ...
   rows_per_task: int = 8           # ... b rows each (LoRA baselines: batches of T·b rows)
   learning_rate: float = 1e-3
-  train_variants: tuple[str, ...] = ("add_bare_1", "add_bare_2", "add_cot_1", "add_cot_2",
-                                     "sub_bare_1", "sub_bare_2", "mul_cot_1", "mul_cot_2")
+  train_variants: tuple[str, ...] = (
+      "add_bare_1", "add_bare_2", "add_cot_1", "add_cot_2", "sub_bare_1", "sub_bare_2",
+      "sub_cot_1", "mul_bare_2", "mul_cot_1", "mul_cot_2")
   heldout_variants: tuple[str, ...] = ("sub_cot_2", "mul_bare_1")
   num_train: int = 2000            # training problems per variant
   num_eval: int = 100              # held-out problems per variant (pass@1)

@@ -282,7 +282,7 @@ def test_router_best_of_n_and_vote_choose_by_the_verifier_and_the_answer(monkeyp
     ({"train_variants": ("add_bare_1", "add_bar_2")}, "hypernet.train_variants"),
     ({"heldout_variants": ()}, "hypernet.heldout_variants"),
     ({"heldout_variants": ("add_bare_1",)}, "hypernet.heldout_variants"),
-    ({"tasks_per_step": 9}, "hypernet.tasks_per_step"),
+    ({"tasks_per_step": 11}, "hypernet.tasks_per_step"),
     ({"targets": ("q", "w")}, "hypernet.targets"),
     ({"rank": 0}, "hypernet.rank"),
 ])
