@@ -44,6 +44,7 @@ from rankjax.data._pipeline import DataStats
 from rankjax.data._pipeline import Pipeline
 from rankjax.data._pipeline import PipelineConfig
 from rankjax.data._pipeline import process_shard
+from rankjax.data._pipeline import sequence_batch
 from rankjax.data._pipeline import truncate_example
 from rankjax.data._sources import expand_paths
 from rankjax.data._sources import JsonlSource

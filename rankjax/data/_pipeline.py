@@ -389,7 +389,7 @@ def _pad(rows: Sequence[np.ndarray], length: int, value: int) -> np.ndarray:
   return out
 
 
-def _sequence_batch(examples, prefix: str, length: int, pad_id: int):
+def sequence_batch(examples, prefix: str, length: int, pad_id: int):
   """tokens/loss_mask/segment_ids/positions of unpacked examples: one
   segment per row, so the same train step serves packed and padded data."""
   tokens = [e[f"{prefix}tokens"] for e in examples]
@@ -423,7 +423,7 @@ def _ranked_batch(examples, *, buckets, pad_id: int, list_size: int):
   empty = {"tokens": np.zeros(0, np.int32), "loss_mask": np.zeros(0, np.int32)}
   flat = [c for e in examples for c in (*e["candidates"], *[empty] * (k - len(e["candidates"])))]
   out = {key: value.reshape(len(examples), k, length)
-         for key, value in _sequence_batch(flat, "", length, pad_id).items()}
+         for key, value in sequence_batch(flat, "", length, pad_id).items()}
   out["scores"] = np.zeros((len(examples), k), np.float32)
   out["list_mask"] = np.zeros((len(examples), k), np.int32)
   for b, e in enumerate(examples):
@@ -452,7 +452,7 @@ def _batch(examples: Sequence[dict[str, Any]], *, fmt: str,
                              for p in prefixes), buckets)
   out = {}
   for p in prefixes:
-    out.update(_sequence_batch(examples, p, length, pad_id))
+    out.update(sequence_batch(examples, p, length, pad_id))
   if "label" in examples[0]:
     out["label"] = np.asarray([e["label"] for e in examples], np.int32)
   if any("margin" in e for e in examples):

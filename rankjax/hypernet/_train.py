@@ -125,20 +125,6 @@ def tokenize_rows(rows: Sequence[dict], tokenizer, max_length: int) -> list[dict
   return out
 
 
-def _pad(examples: Sequence[dict], length: int, pad_id: int) -> dict[str, np.ndarray]:
-  """One segment per row, as `rankjax.data` pads unpacked SFT rows."""
-  n = len(examples)
-  tokens = np.full((n, length), pad_id, np.int32)
-  loss_mask = np.zeros((n, length), np.int32)
-  for i, e in enumerate(examples):
-    tokens[i, :len(e["tokens"])] = e["tokens"]
-    loss_mask[i, :len(e["loss_mask"])] = e["loss_mask"]
-  real = (np.arange(length)[None] < np.asarray([len(e["tokens"]) for e in examples])[:, None])
-  real = real.astype(np.int32)
-  return {"tokens": tokens, "loss_mask": loss_mask, "segment_ids": real,
-          "positions": ((np.cumsum(real, axis=1) - 1) * real).astype(np.int32)}
-
-
 class TaskBatches:
   """Endless hypernet batches: step n draws (seeded by (seed, n)) T of the
   K training tasks without replacement, one wording of each task's
@@ -171,7 +157,7 @@ class TaskBatches:
     for k in tasks:
       embedding.append(self.inputs[k][rng.integers(len(self.inputs[k]))])
       rows += [self.examples[k][i] for i in rng.integers(len(self.examples[k]), size=self.b)]
-    return {**_pad(rows, self.length, self.pad_id),
+    return {**data.sequence_batch(rows, "", self.length, self.pad_id),
             "embedding": np.stack(embedding).astype(np.float32)}
 
   def get_state(self) -> dict:
