@@ -285,6 +285,10 @@ class SynthCfg:
   # in, one more out) on the seed pool first; 0 for models that already
   # continue lists (instruction-tuned checkpoints).
   proposer_steps: int = 0
+  # A pretrained model that proposes in place of the run's model, used as it
+  # is (OSS-Instruct's teacher): a Hugging Face directory or a .gguf file,
+  # with its own tokenizer. Later stages still train the run's model.
+  proposer_path: str = ""
   novelty: float = 0.7             # drop a prompt whose ROUGE-L F1 to the pool reaches this
   rouge_tokens: Literal["words", "chars"] = "words"
   min_chars: int = 1               # prompt length rule
@@ -505,6 +509,11 @@ def validate(cfg: Config) -> Config:
   _check(0.0 < cfg.synth.novelty <= 1.0, "synth.novelty", "must be in (0, 1]")
   _check(cfg.synth.min_chars <= cfg.synth.max_chars, "synth.min_chars",
          "must be <= synth.max_chars")
+  if cfg.synth.proposer_path:
+    _check(Path(cfg.synth.proposer_path).exists(), "synth.proposer_path",
+           f"no such file or directory {cfg.synth.proposer_path!r}")
+    _check(cfg.synth.proposer_steps == 0, "synth.proposer_steps",
+           "must be 0 with synth.proposer_path (a pretrained proposer is used as it is)")
   if cfg.synth.pattern:
     import re
     try:

@@ -80,10 +80,10 @@ def model_config(cfg: Config, tokenizer) -> models.ModelConfig:
 
 def build_model(cfg: Config, tokenizer) -> models.Transformer:
   if cfg.model.path:
-    load = models.from_gguf if cfg.model.path.lower().endswith(".gguf") else models.from_pretrained
     m = cfg.model
-    return load(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
-                remat=m.remat, remat_policy=m.remat_policy, logits_chunk=m.logits_chunk)
+    return models.load(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
+                       remat=m.remat, remat_policy=m.remat_policy,
+                       logits_chunk=m.logits_chunk)
   return models.create(model_config(cfg, tokenizer), seed=cfg.seed)
 
 

@@ -4,6 +4,7 @@
     logits = model(tokens)                      # int32[B, T] -> [B, T, V]
     models.save_pretrained(model, out_dir)      # transformers loads it back
     model = models.from_gguf("model.Q4_K_M.gguf")  # llama.cpp file, dequantized
+    model = models.load(path)                   # either, told apart by the path
 """
 
 from rankjax.models._config import (
@@ -28,6 +29,7 @@ from rankjax.models._gguf import (
     from_gguf,
     load_gguf_config,
 )
+from rankjax.models._load import load
 from rankjax.models._transformer import (
     KVCache,
     Transformer,
@@ -42,7 +44,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES", "ModelConfig", "RopeConfig", "config_from_hf",
     "config_to_hf", "CheckpointError", "check_checkpoint_dir", "from_pretrained", "load_config",
     "save_pretrained", "from_hf_tensors", "GGUF_ARCHITECTURES", "GGUF_TENSOR_TYPES",
-    "from_gguf", "load_gguf_config", "KVCache", "Transformer", "create", "create_abstract",
+    "from_gguf", "load_gguf_config", "load", "KVCache", "Transformer", "create", "create_abstract",
     "default_positions", "init_cache", "write_slots",
     "LORA_TARGETS", "apply_lora", "lora_targets", "merge_lora", "zero_lora",
 ]

@@ -27,7 +27,9 @@ One round:
             similarity against what this round already kept) and the
             output file.
 
-`proposer_steps` > 0 first fine-tunes a copy of the model on the proposal
+`proposer_path` proposes with a pretrained model instead (OSS-Instruct's
+teacher, e.g. an instruction-tuned GGUF file), as it is and with its own
+tokenizer. `proposer_steps` > 0 first fine-tunes a copy of the model on the proposal
 format over the current pool (k records in, one more out), each round
 continuing from the last round's proposer, so a model trained from scratch
 learns to continue the list; the pool's verified records teach it too. The
@@ -53,13 +55,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from rankjax import data, rewards as rewards_lib, sampling
+from rankjax import data, models, rewards as rewards_lib, sampling
 from rankjax.data import tasks
 from rankjax.errors import UserInputError
 from rankjax.inference import collect
 from rankjax.synth._rouge import NoveltyIndex
+from rankjax.tokenizer import load_tokenizer
 from rankjax.train import fit
 
 if TYPE_CHECKING:
@@ -177,14 +181,26 @@ def proposer_rows(pool: Pool, task: tasks.Task, *, shots: int, header: str, fiel
   return rows
 
 
+def load_proposer(run: Run):
+  """(model, tokenizer) of `synth.proposer_path`, a pretrained proposer in
+  the run's compute dtype; (run.model, run.tokenizer) without one."""
+  path = run.cfg.synth.proposer_path
+  if not path:
+    return run.model, run.tokenizer
+  m = run.cfg.model
+  print(f"synthesize: proposals come from {path}")
+  return (models.load(path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.dtype)),
+          load_tokenizer(path))
+
+
 def _proposer(run: Run, pool: Pool, fields, rnd: int, start):
-  """The model that proposes in round `rnd`: the run's model, or `start`
+  """The model that proposes in round `rnd`: `start` as it is, or `start`
   (the run's model in round 1, the last round's proposer after it)
   fine-tuned on the proposal format over the current pool. A finished
   round's proposer comes back from its checkpoint."""
   cfg, s = run.cfg, run.cfg.synth
   if not s.proposer_steps:
-    return run.model
+    return start
   rng = np.random.default_rng([cfg.seed, 41, rnd])
   rows = proposer_rows(pool, run.task, shots=s.shots, header=s.header, fields=fields,
                        n=min(s.proposer_steps * cfg.data.batch_size, 20000), rng=rng)
@@ -315,9 +331,12 @@ def _verifier(run: Run):
 # -- a round ---------------------------------------------------------------------
 
 
-def run_round(run: Run, pool: Pool, fields, rnd: int, model) -> tuple[list[dict], dict]:
+def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer=None
+              ) -> tuple[list[dict], dict]:
   """One round of propose -> filter -> verify -> grow with the proposer
-  `model`; returns the new output rows and the round's counts."""
+  `model` (and its `tokenizer`, the run's by default); returns the new
+  output rows and the round's counts. Proposals must still encode with
+  the run's tokenizer (the `format` filter): the run's model trains on them."""
   cfg, s = run.cfg, run.cfg.synth
   rng = np.random.default_rng([cfg.seed, 43, rnd])
   key = jax.random.key(cfg.seed * 7919 + rnd)
@@ -331,7 +350,7 @@ def run_round(run: Run, pool: Pool, fields, rnd: int, model) -> tuple[list[dict]
     texts = [proposal_text(s.header, [pool.records[i] for i in p], fields, run.task)
              for p in picks]
     key, sub = jax.random.split(key)
-    outs = propose(model, run.tokenizer, texts, max_new_tokens=s.max_new_tokens,
+    outs = propose(model, tokenizer or run.tokenizer, texts, max_new_tokens=s.max_new_tokens,
                    temperature=s.temperature, rng=sub)
     counts["proposed"] += n
     cands = []
@@ -420,10 +439,12 @@ def stage_synthesize(run: Run) -> None:
                  seed_records + [_clean(r) for r in rows], s.rouge_tokens)
   # Each round's proposer continues from the last round's (from its
   # checkpoint when resuming).
-  proposer = _proposer(run, pool, fields, done, run.model) if done else run.model
+  proposer, proposer_tokenizer = load_proposer(run)
+  if done:
+    proposer = _proposer(run, pool, fields, done, proposer)
   for rnd in range(done + 1, s.rounds + 1):
     proposer = _proposer(run, pool, fields, rnd, proposer)
-    new, counts = run_round(run, pool, fields, rnd, proposer)
+    new, counts = run_round(run, pool, fields, rnd, proposer, proposer_tokenizer)
     rows += new
     _write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in rows))
     state["rounds"].append(counts)

@@ -119,13 +119,16 @@ def test_seeds_and_their_errors(tmp_path):
     synth.read_seeds(_cfg(seed_path=_seed_file(tmp_path, ["[1]"], "list.jsonl")), _task())
 
 
-def test_config_errors():
+def test_config_errors(tmp_path):
   for key, value, msg in (("synth.novelty", "0", r"\(0, 1\]"),
                           ("synth.shots", "0", "> 0"),
                           ("synth.pattern", "[", "regular expression"),
                           ("synth.method", "evol", "one of"),
-                          ("synth.min_chars", "900", "max_chars")):
-    cfg = config_lib.override(config_lib.Config(), key, value)
+                          ("synth.min_chars", "900", "max_chars"),
+                          ("synth.proposer_path", str(tmp_path / "nope.gguf"), "nope.gguf"),
+                          ("synth.proposer_steps", "5", "proposer_path")):
+    cfg = config_lib.Config(synth=config_lib.SynthCfg(proposer_path=str(tmp_path)))
+    cfg = config_lib.override(cfg, key, value)
     with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.")) as e:
       config_lib.validate(cfg)
     assert e.match(msg)
@@ -259,6 +262,63 @@ def test_respond_samples_with_the_real_sampler(tmp_path):
   assert (cands[0].record["prompt"], cands[0].record["completion"]) in seen
 
 
+def _teacher(path):
+  """A tiny random Llama saved as a Hugging Face directory with its own BPE
+  tokenizer (not the run's character tokenizer)."""
+  from tokenizers import Tokenizer, decoders, models as tok_models, pre_tokenizers, trainers
+  from rankjax import models, testing
+  tok = Tokenizer(tok_models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"],
+                                show_progress=False,
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator([f"{a}+{b}= {a}+{b}\n" for a in range(30) for b in range(30)], trainer)
+  model = testing.tiny_model(vocab_size=tok.get_vocab_size(), hidden_size=32, num_layers=1,
+                             intermediate_size=64)
+  models.save_pretrained(model, path)
+  tok.save(str(path / "tokenizer.json"))
+  (path / "tokenizer_config.json").write_text(json.dumps({
+      "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>",
+      "pad_token": "<|endoftext|>", "bos_token": None}))
+  return path
+
+
+def test_a_pretrained_proposer_writes_with_its_own_tokenizer(tmp_path, monkeypatch):
+  # synth.proposer_path: proposals come from that checkpoint through its own
+  # tokenizer and the real sampler; the run's model and tokenizer are not
+  # used to propose, and later stages still train the run's model.
+  teacher = _teacher(tmp_path / "teacher")
+  seen = []
+  real = _stage.propose
+
+  def spy(model, tokenizer, texts, **kw):
+    seen.append((model, tokenizer))
+    return real(model, tokenizer, texts, **kw)
+  monkeypatch.setattr(_stage, "propose", spy)
+  cfg = _cfg(proposals=6, rounds=2, shots=2, max_new_tokens=8, proposer_path=str(teacher),
+             rouge_tokens="chars")
+  run = FakeRun(cfg, tmp_path / "run", _task(4), model="the run's model")
+  synth.stage_synthesize(run)
+  assert len(seen) == 2 and seen[0][0] is seen[1][0]           # loaded once, both rounds
+  model, tokenizer = seen[0]
+  assert model is not run.model and model.config.vocab_size == tokenizer.vocab_size
+  assert not isinstance(tokenizer, CharTokenizer)
+  assert tokenizer.encode("12+3= 12+3") != CharTokenizer().encode("12+3= 12+3")
+  s = run.summary["synthesize"]
+  assert s["proposed"] == 12 and s["proposed"] == sum(s["removed"].values()) + s["kept"]
+  # Scripted through the same path: what it keeps is the task's verified rows.
+  monkeypatch.setattr(_stage, "propose", lambda model, tokenizer, texts, **kw: (
+      seen.append((model, tokenizer)) or ["40+2= 40+2", "5+5= 5+6"][:len(texts)]))
+  run = FakeRun(dataclasses.replace(cfg, synth=dataclasses.replace(cfg.synth, proposals=2,
+                                                                    rounds=1)),
+                tmp_path / "scripted", _task(4), model="the run's model")
+  synth.stage_synthesize(run)
+  assert not isinstance(seen[-1][1], CharTokenizer)
+  assert run.task.records("train")[-1] == {"prompt": "40+2=", "expression": "40+2",
+                                           "completion": "42", "answer": "42"}
+
+
 def test_resume_redoes_an_unfinished_round_without_duplicates(tmp_path, monkeypatch):
   script = [f"{a}+{b}= {a}+{b}"
             for a in range(100, 130) for b in range(3)]
@@ -293,7 +353,8 @@ TINY = ["--config.model.hidden_size=32", "--config.model.num_layers=1",
         "--config.data.batch_size=8", "--config.data.num_train=16", "--config.sft.steps=3",
         "--config.log_every=1", "--config.eval.num_problems=4", "--config.eval.num_samples=2",
         "--config.synth.rounds=1", "--config.synth.proposals=8",
-        "--config.synth.proposer_steps=2", "--config.synth.max_new_tokens=24",
+        "--config.synth.proposer_path=", "--config.synth.proposer_steps=2",
+        "--config.synth.max_new_tokens=24",
         "--config.checkpoint.export_hf=false"]
 
 
@@ -309,6 +370,21 @@ def test_recipe_through_launch(tmp_path, monkeypatch):
   assert summary["sft"]["steps"] == summary["sft_2"]["steps"] == 3
   assert (tmp_path / "checkpoints" / "synthesize_proposer_1").is_dir()
   assert (tmp_path / "synth" / "synthesize" / "state.json").exists()
+
+
+def test_recipe_with_a_teacher_through_launch(tmp_path, monkeypatch):
+  # The recipe's shape (a pretrained proposer), with a tiny teacher.
+  teacher = _teacher(tmp_path / "teacher")
+  monkeypatch.chdir(REPO)
+  argv = ["--config", "configs/synth_arith.py", "--workdir", str(tmp_path / "run"), *TINY,
+          f"--config.synth.proposer_path={teacher}", "--config.synth.proposer_steps=0",
+          "--config.synth.max_new_tokens=8"]
+  assert launch.main(argv) == 0
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["evaluated"] == ["sft", "sft_2"]
+  s = summary["synthesize"]
+  assert s["proposed"] == 8 and s["proposed"] == sum(s["removed"].values()) + s["kept"]
+  assert not (tmp_path / "run" / "checkpoints" / "synthesize_proposer_1").exists()
 
 
 def test_self_instruct_through_launch(tmp_path, monkeypatch):
