@@ -274,7 +274,7 @@ class SynthCfg:
   method: Literal["verified", "self_instruct"] = "verified"
   seed_path: str = ""              # JSONL seed pool; empty = the task's training records
   num_seeds: int = 0               # the first n seeds; 0 = all
-  rounds: int = 3
+  rounds: int = 3                  # 0: later stages train on the seeds alone (a baseline)
   proposals: int = 256             # proposal prompts per round
   shots: int = 4                   # pool examples shown in each proposal prompt
   header: str = ""                 # text before the examples (e.g. an instruction)
@@ -419,7 +419,7 @@ _POSITIVE = {
     "grpo.num_minibatches", "grpo.listwise_beta", "listwise.beta", "listwise.list_size",
     "ppo.num_prompts", "ppo.num_epochs", "ppo.num_minibatches",
     "eval.num_samples", "self_improve.num_prompts", "self_improve.num_samples",
-    "self_improve.train_steps", "synth.rounds", "synth.proposals", "synth.shots",
+    "self_improve.train_steps", "synth.proposals", "synth.shots",
     "synth.max_new_tokens", "synth.responses", "synth.max_chars", "env.max_turns",
     "env.max_observation_tokens",
     "hypernet.hidden", "hypernet.rank", "hypernet.alpha", "hypernet.steps",
@@ -436,7 +436,8 @@ _NON_NEGATIVE = {
     "log_every", "eval_every", "data.num_train", "data.num_eval", "eval.temperature",
     "grpo.learning_rate", "ppo.learning_rate", "self_improve.iterations", "env.turn_max_tokens",
     "grpo.listwise_target_temperature", "listwise.target_temperature", "eval.tilt_beta",
-    "synth.num_seeds", "synth.proposer_steps", "synth.temperature", "synth.min_chars",
+    "synth.rounds", "synth.num_seeds", "synth.proposer_steps", "synth.temperature",
+    "synth.min_chars",
     "hypernet.base_steps",
 }
 

@@ -439,8 +439,9 @@ def stage_synthesize(run: Run) -> None:
                  seed_records + [_clean(r) for r in rows], s.rouge_tokens)
   # Each round's proposer continues from the last round's (from its
   # checkpoint when resuming).
-  proposer, proposer_tokenizer = load_proposer(run)
-  if done:
+  proposer, proposer_tokenizer = (load_proposer(run) if done < s.rounds
+                                  else (run.model, run.tokenizer))
+  if done and done < s.rounds:
     proposer = _proposer(run, pool, fields, done, proposer)
   for rnd in range(done + 1, s.rounds + 1):
     proposer = _proposer(run, pool, fields, rnd, proposer)

@@ -201,6 +201,18 @@ def test_round_filters_and_provenance(tmp_path, monkeypatch):
   assert run.task.records("eval") == _task(4).records("eval")
 
 
+def test_zero_rounds_train_on_the_seeds_alone(tmp_path, monkeypatch):
+  calls = _scripted(monkeypatch, SCRIPT)
+  cfg = _cfg(rounds=0, proposer_path=str(tmp_path / "never-loaded"))
+  run = FakeRun(cfg, tmp_path, _task(4))
+  synth.stage_synthesize(run)
+  assert calls == []
+  s = run.summary["synthesize"]
+  assert (s["seeds"], s["synthesized"], s["proposed"], s["kept"]) == (4, 0, 0, 0)
+  assert [r["prompt"] for r in run.task.records("train")] == [
+      r["prompt"] for r in _task(4).records("train")]
+
+
 def test_self_instruct_answers_with_the_policy(tmp_path, monkeypatch):
   _scripted(monkeypatch, ["40+2=", "3+3=", "9+9="])
 
