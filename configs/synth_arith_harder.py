@@ -2,7 +2,7 @@
 with one-digit operands (configs/synth_arith_seeds.jsonl); held-out
 problems with two two-digit operands, none of which the seeds contain.
 SmolLM2-135M-Instruct proposes from 4 pool problems at a time (as in
-configs/synth_arith.py); only problems with two-digit operands are kept
+configs/synth_arith.py); only problems with a two-digit operand are kept
 (`synth.pattern`), so the pool drifts toward them round by round and the
 teacher sees more of them. A small model trained from scratch is then
 fine-tuned on seeds + synthesized and evaluated on the harder problems.
@@ -30,4 +30,4 @@ def get_config() -> Config:
       sft=dataclasses.replace(base.sft, steps=2000),
       synth=dataclasses.replace(base.synth, rounds=4,
                                 seed_path=os.path.join(HERE, "synth_arith_seeds.jsonl"),
-                                pattern=r"[0-9]{2}[-+][0-9]{2}="))
+                                pattern=r"([0-9]{2}[-+][0-9]{1,2}|[0-9][-+][0-9]{2})="))
