@@ -331,11 +331,11 @@ def _verifier(run: Run):
 # -- a round ---------------------------------------------------------------------
 
 
-def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer=None
+def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer
               ) -> tuple[list[dict], dict]:
   """One round of propose -> filter -> verify -> grow with the proposer
-  `model` (and its `tokenizer`, the run's by default); returns the new
-  output rows and the round's counts. Proposals must still encode with
+  `model` and its `tokenizer`; returns the new output rows and the
+  round's counts. Proposals must still encode with
   the run's tokenizer (the `format` filter): the run's model trains on them."""
   cfg, s = run.cfg, run.cfg.synth
   rng = np.random.default_rng([cfg.seed, 43, rnd])
@@ -350,7 +350,7 @@ def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer=None
     texts = [proposal_text(s.header, [pool.records[i] for i in p], fields, run.task)
              for p in picks]
     key, sub = jax.random.split(key)
-    outs = propose(model, tokenizer or run.tokenizer, texts, max_new_tokens=s.max_new_tokens,
+    outs = propose(model, tokenizer, texts, max_new_tokens=s.max_new_tokens,
                    temperature=s.temperature, rng=sub)
     counts["proposed"] += n
     cands = []
@@ -437,21 +437,21 @@ def stage_synthesize(run: Run) -> None:
                    **(run.task.solution(r) if s.method == "verified" else {})} for r in seeds]
   pool = Pool.of([f"seed-{i}" for i in range(len(seeds))] + [r["provenance"]["id"] for r in rows],
                  seed_records + [_clean(r) for r in rows], s.rouge_tokens)
-  # Each round's proposer continues from the last round's (from its
-  # checkpoint when resuming).
-  proposer, proposer_tokenizer = (load_proposer(run) if done < s.rounds
-                                  else (run.model, run.tokenizer))
-  if done and done < s.rounds:
-    proposer = _proposer(run, pool, fields, done, proposer)
-  for rnd in range(done + 1, s.rounds + 1):
-    proposer = _proposer(run, pool, fields, rnd, proposer)
-    new, counts = run_round(run, pool, fields, rnd, proposer, proposer_tokenizer)
-    rows += new
-    _write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in rows))
-    state["rounds"].append(counts)
-    _write_atomic(state_path, json.dumps(state, indent=2))
-    if run.stop_requested():
-      break
+  if done < s.rounds:
+    proposer, proposer_tokenizer = load_proposer(run)
+    # Each round's proposer continues from the last round's (from its
+    # checkpoint when resuming).
+    if done:
+      proposer = _proposer(run, pool, fields, done, proposer)
+    for rnd in range(done + 1, s.rounds + 1):
+      proposer = _proposer(run, pool, fields, rnd, proposer)
+      new, counts = run_round(run, pool, fields, rnd, proposer, proposer_tokenizer)
+      rows += new
+      _write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in rows))
+      state["rounds"].append(counts)
+      _write_atomic(state_path, json.dumps(state, indent=2))
+      if run.stop_requested():
+        break
   print(f"synthesize: {len(rows)} records from {len(seeds)} seeds in "
         f"{len(state['rounds'])} rounds -> {rows_path}")
   if state["rounds"]:
