@@ -277,6 +277,10 @@ class SynthCfg:
   rounds: int = 3                  # 0: later stages train on the seeds alone (a baseline)
   proposals: int = 256             # proposal prompts per round
   shots: int = 4                   # pool examples shown in each proposal prompt
+  # Which pool records a proposal shows: any ("pool"), or the ones the
+  # newest round kept ("latest": round 1 shows seeds, round r what round r-1
+  # kept), so problems can drift further from the seeds each round.
+  show: Literal["pool", "latest"] = "pool"
   header: str = ""                 # text before the examples (e.g. an instruction)
   temperature: float = 1.0
   max_new_tokens: int = 64         # tokens of one proposed record

@@ -4,7 +4,8 @@ proposals, keeping only the novel, well-formed and verified ones.
 One round:
 
   propose   `synth.proposals` prompts, each `synth.header` + `synth.shots`
-            random pool records, one per line (`Task.render_record`: JSON
+            random pool records (`synth.show`: any, or the newest round's),
+            one per line (`Task.render_record`: JSON
             by default, "12+34= 12+34" for arithmetic); the model writes
             the next line: a new record (method "verified": prompt and completion,
             plus any reference column the task cannot compute itself;
@@ -81,19 +82,21 @@ class Pool:
   """The records proposals are drawn from and checked against."""
   ids: list[str]
   records: list[dict]
+  rounds: list[int]  # the round that kept each record; 0: a seed
   prompts: set[str]
   novelty: NoveltyIndex
 
   @classmethod
-  def of(cls, ids, records, unit) -> "Pool":
-    pool = cls([], [], set(), NoveltyIndex(unit=unit))
-    for i, r in zip(ids, records):
-      pool.add(i, r)
+  def of(cls, ids, records, unit, rounds=None) -> "Pool":
+    pool = cls([], [], [], set(), NoveltyIndex(unit=unit))
+    for i, r, rnd in zip(ids, records, rounds or [0] * len(records)):
+      pool.add(i, r, rnd)
     return pool
 
-  def add(self, id_: str, record: dict) -> None:
+  def add(self, id_: str, record: dict, rnd: int = 0) -> None:
     self.ids.append(id_)
     self.records.append(record)
+    self.rounds.append(rnd)
     self.prompts.add(_normal(record["prompt"]))
     self.novelty.add(record["prompt"])
 
@@ -166,6 +169,18 @@ def parse_proposal(text: str, fields, task: tasks.Task) -> dict | None:
 
 def _pick(rng: np.random.Generator, pool: Pool, k: int) -> list[int]:
   return list(rng.choice(len(pool.records), min(k, len(pool.records)), replace=False))
+
+
+def showable(pool: Pool, show: str, shots: int) -> list[int]:
+  """The pool records a round's proposals show: all of them ("pool"), or
+  ("latest") those the newest round kept, the newest one that kept at least
+  `shots` (the seeds when none did), so each round grows from the last."""
+  if show == "latest":
+    for rnd in sorted(set(pool.rounds), reverse=True):
+      idx = [i for i, r in enumerate(pool.rounds) if r == rnd]
+      if len(idx) >= shots or rnd == 0:
+        return idx
+  return list(range(len(pool.records)))
 
 
 def proposer_rows(pool: Pool, task: tasks.Task, *, shots: int, header: str, fields, n: int,
@@ -343,10 +358,12 @@ def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer
   counts = dict.fromkeys(("proposed", *FILTERS, "kept"), 0)
   verify = _verifier(run)
   kept: list[dict] = []
+  shown_from = showable(pool, s.show, s.shots)
   start = time.perf_counter()
   for lo in range(0, s.proposals, _CHUNK):
     n = min(_CHUNK, s.proposals - lo)
-    picks = [_pick(rng, pool, s.shots) for _ in range(n)]
+    picks = [[shown_from[i] for i in rng.choice(len(shown_from), min(s.shots, len(shown_from)),
+                                                replace=False)] for _ in range(n)]
     texts = [proposal_text(s.header, [pool.records[i] for i in p], fields, run.task)
              for p in picks]
     key, sub = jax.random.split(key)
@@ -381,7 +398,7 @@ def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer
           "id": row_id, "round": rnd, "method": s.method, "shown": c.shown,
           "rouge_l": round(c.rouge_l, 4), "verified": c.verified}}
       kept.append(row)
-      pool.add(row_id, c.record)
+      pool.add(row_id, c.record, rnd)
     elapsed = time.perf_counter() - start
     done = lo + n
     print(f"synthesize  round {rnd}/{s.rounds}  {done}/{s.proposals} proposals  "
@@ -436,7 +453,8 @@ def stage_synthesize(run: Run) -> None:
   seed_records = [{**{k: v for k, v in r.items() if k != "provenance"},
                    **(run.task.solution(r) if s.method == "verified" else {})} for r in seeds]
   pool = Pool.of([f"seed-{i}" for i in range(len(seeds))] + [r["provenance"]["id"] for r in rows],
-                 seed_records + [_clean(r) for r in rows], s.rouge_tokens)
+                 seed_records + [_clean(r) for r in rows], s.rouge_tokens,
+                 [0] * len(seeds) + [r["provenance"]["round"] for r in rows])
   if done < s.rounds:
     proposer, proposer_tokenizer = load_proposer(run)
     # Each round's proposer continues from the last round's (from its

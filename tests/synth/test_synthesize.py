@@ -57,6 +57,8 @@ def test_proposal_format_round_trip():
   assert synth.proposal_text("", shown, fields, arith) == "1+2= 1+2\n40-5= 40-5\n"
   assert synth.parse_proposal("7+1= 7+1\n9", fields, arith) == {"prompt": "7+1=",
                                                                   "expression": "7+1"}
+  # ... and reads it back with the space left out, as small models write it.
+  assert synth.parse_proposal("7+1=7+1", fields, arith) == {"prompt": "7+1=", "expression": "7+1"}
   for bad in ("7+1=", "7+1= 7+1 x", "7+1=  7+1", " ", ""):
     assert synth.parse_proposal(bad, fields, arith) is None, bad
 
@@ -211,6 +213,27 @@ def test_zero_rounds_train_on_the_seeds_alone(tmp_path, monkeypatch):
   assert (s["seeds"], s["synthesized"], s["proposed"], s["kept"]) == (4, 0, 0, 0)
   assert [r["prompt"] for r in run.task.records("train")] == [
       r["prompt"] for r in _task(4).records("train")]
+
+
+def test_latest_rounds_show_what_the_last_round_kept(tmp_path, monkeypatch):
+  calls = _scripted(monkeypatch, ["40+2= 40+2", "77+8= 77+8",     # round 1 keeps 2
+                                  "50+1= 50+1", "50+1= 50+1",     # round 2 keeps 1
+                                  "61+3= 61+3", "62+4= 62+4"])    # round 3 keeps 2
+  run = FakeRun(_cfg(proposals=2, rounds=3, shots=2, novelty=1.0, rouge_tokens="chars",
+                     show="latest"), tmp_path, _task(4))
+  synth.stage_synthesize(run)
+  rows = [json.loads(l) for l in (tmp_path / "synth/synthesize/data.jsonl").read_text().splitlines()]
+  shown = {r["prompt"]: set(r["provenance"]["shown"]) for r in rows}
+  assert shown["40+2="] | shown["77+8="] <= {f"seed-{i}" for i in range(4)}
+  assert shown["50+1="] == {"r1-0", "r1-1"}          # round 2 shows round 1's records
+  # Round 2 kept one record, fewer than the 2 shots: round 3 shows round 1's again.
+  assert shown["61+3="] == shown["62+4="] == {"r1-0", "r1-1"}
+  assert "40+2= 40+2\n" in calls[1][0] and "50+1" not in "".join(calls[2])
+  pool = _stage.Pool.of(["seed-0", "r1-0", "r2-0"], [{"prompt": p} for p in ("1=", "2=", "3=")],
+                        "chars", [0, 1, 2])
+  assert _stage.showable(pool, "pool", 1) == [0, 1, 2]
+  assert _stage.showable(pool, "latest", 1) == [2]
+  assert _stage.showable(pool, "latest", 2) == [0]   # no round kept 2: the seeds
 
 
 def test_self_instruct_answers_with_the_policy(tmp_path, monkeypatch):

@@ -415,7 +415,12 @@ class Arithmetic(NumericTask):
     return " ".join(record[f] for f in fields)
 
   def parse_record(self, line: str, fields) -> dict | None:
-    parts = line.strip().split(" ")
+    """`render_record` read back; "12+34=12+34" (the space after "=" left
+    out, as small models often write it) reads as "12+34= 12+34"."""
+    line = line.strip()
+    if " " not in line and "=" in line[:-1]:
+      line = line.replace("=", "= ", 1)
+    parts = line.split(" ")
     if len(parts) != len(fields) or not all(parts):
       return None
     return dict(zip(fields, parts))
