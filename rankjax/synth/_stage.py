@@ -41,7 +41,8 @@ rows, reference columns, and `provenance`: id, round, the ids of the pool
 records shown, ROUGE-L to the pool, the verifier's score), state.json (each
 finished round's filter counts). A killed run resumes at the first
 unfinished round; rows of an unfinished round are dropped and redone, so
-none is written twice. Later stages train on the pool (`train_on`).
+none is written twice; a SIGTERM stops within a round (after the current
+chunk of proposals) and keeps nothing of it. Later stages train on the pool (`train_on`).
 """
 
 from __future__ import annotations
@@ -347,11 +348,13 @@ def _verifier(run: Run):
 
 
 def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer
-              ) -> tuple[list[dict], dict]:
+              ) -> tuple[list[dict], dict] | None:
   """One round of propose -> filter -> verify -> grow with the proposer
   `model` and its `tokenizer`; returns the new output rows and the
-  round's counts. Proposals must still encode with
-  the run's tokenizer (the `format` filter): the run's model trains on them."""
+  round's counts, or None when a stop was requested (SIGTERM) before the
+  round finished: nothing of it is kept, and a resumed run redoes it.
+  Proposals must still encode with the run's tokenizer (the `format`
+  filter): the run's model trains on them."""
   cfg, s = run.cfg, run.cfg.synth
   rng = np.random.default_rng([cfg.seed, 43, rnd])
   key = jax.random.key(cfg.seed * 7919 + rnd)
@@ -404,6 +407,8 @@ def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer
     print(f"synthesize  round {rnd}/{s.rounds}  {done}/{s.proposals} proposals  "
           f"kept {counts['kept']}  pool {len(pool.records)}  "
           f"ETA {elapsed / done * (s.proposals - done):.0f}s", flush=True)
+    if done < s.proposals and run.stop_requested():
+      return None
   return kept, counts
 
 
@@ -463,7 +468,11 @@ def stage_synthesize(run: Run) -> None:
       proposer = _proposer(run, pool, fields, done, proposer)
     for rnd in range(done + 1, s.rounds + 1):
       proposer = _proposer(run, pool, fields, rnd, proposer)
-      new, counts = run_round(run, pool, fields, rnd, proposer, proposer_tokenizer)
+      result = run_round(run, pool, fields, rnd, proposer, proposer_tokenizer)
+      if result is None:
+        print(f"synthesize: stopped in round {rnd} (SIGTERM); a resumed run redoes it")
+        break
+      new, counts = result
       rows += new
       _write_atomic(rows_path, "".join(json.dumps(r) + "\n" for r in rows))
       state["rounds"].append(counts)

@@ -382,6 +382,33 @@ def test_resume_redoes_an_unfinished_round_without_duplicates(tmp_path, monkeypa
   assert len(json.loads((out / "state.json").read_text())["rounds"]) == 2
 
 
+def test_a_stop_inside_a_round_keeps_nothing_of_it(tmp_path, monkeypatch):
+  # SIGTERM during round 2's first chunk of proposals: round 2 is dropped
+  # (not half-written), and the resumed run ends as an uninterrupted one.
+  script = [f"{a}+{b}= {a}+{b}" for a in range(100, 400) for b in range(3)]
+  monkeypatch.setattr(_stage, "_CHUNK", 4)
+  _scripted(monkeypatch, script)
+  cfg = _cfg(proposals=8, rounds=2, shots=2, novelty=1.0)
+  synth.stage_synthesize(FakeRun(cfg, tmp_path / "full", _task(4)))
+  full = (tmp_path / "full/synth/synthesize/data.jsonl").read_text()
+
+  calls = _scripted(monkeypatch, script)
+
+  class Stopped(FakeRun):
+    def stop_requested(self):
+      return len(calls) == 3            # round 1's two chunks, round 2's first
+  synth.stage_synthesize(Stopped(cfg, tmp_path / "killed", _task(4)))
+  out = tmp_path / "killed/synth/synthesize"
+  assert len(calls) == 3
+  assert len(json.loads((out / "state.json").read_text())["rounds"]) == 1
+  assert {json.loads(l)["provenance"]["round"] for l in (out / "data.jsonl").read_text()
+          .splitlines()} == {1}
+  _scripted(monkeypatch, script[8:] + script[:8])  # the script continues where round 1 ended
+  synth.stage_synthesize(FakeRun(cfg, tmp_path / "killed", _task(4)))
+  assert (out / "data.jsonl").read_text() == full
+  assert len(json.loads((out / "state.json").read_text())["rounds"]) == 2
+
+
 TINY = ["--config.model.hidden_size=32", "--config.model.num_layers=1",
         "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
         "--config.model.head_dim=16", "--config.model.intermediate_size=64",
