@@ -12,7 +12,8 @@ One round:
             "self_instruct": a prompt only)
   filter    malformed (not a JSON object with those text fields), length
             (`min_chars`..`max_chars` of the prompt), format (`pattern`,
-            and the tokenizer must encode it), duplicate (the same prompt
+            and the tokenizer must encode it), held_out (one of the
+            task's evaluation prompts), duplicate (the same prompt
             is in the pool), similar (ROUGE-L F1 to the pool >= `novelty`)
   verify    the reference comes from the task (`Task.reference`, e.g. the
             arithmetic expression evaluated) or, when the task cannot
@@ -74,7 +75,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("rankjax.synth")
 
 # Every reason a proposal is dropped, in the order they are checked.
-FILTERS = ("malformed", "length", "format", "duplicate", "similar", "unverifiable", "wrong")
+FILTERS = ("malformed", "length", "format", "held_out", "duplicate", "similar", "unverifiable",
+           "wrong")
 _CHUNK = 256  # proposals per sampler call (one progress line each)
 
 
@@ -86,10 +88,14 @@ class Pool:
   rounds: list[int]  # the round that kept each record; 0: a seed
   prompts: set[str]
   novelty: NoveltyIndex
+  # The task's evaluation prompts: a proposal equal to one is never kept,
+  # so later stages are not measured on problems they trained on.
+  held_out: set[str] = dataclasses.field(default_factory=set)
 
   @classmethod
-  def of(cls, ids, records, unit, rounds=None) -> "Pool":
-    pool = cls([], [], [], set(), NoveltyIndex(unit=unit))
+  def of(cls, ids, records, unit, rounds=None, held_out=()) -> "Pool":
+    pool = cls([], [], [], set(), NoveltyIndex(unit=unit),
+               {_normal(p) for p in held_out if isinstance(p, str)})
     for i, r, rnd in zip(ids, records, rounds or [0] * len(records)):
       pool.add(i, r, rnd)
     return pool
@@ -281,6 +287,8 @@ def check_form(record: dict | None, pool: Pool, cfg, task: tasks.Task, tokenizer
       tokenizer.encode(record["completion"])
   except Exception:  # pylint: disable=broad-except
     return "format", 0.0  # e.g. a character the tokenizer cannot encode
+  if _normal(prompt) in pool.held_out:
+    return "held_out", 0.0
   if _normal(prompt) in pool.prompts:
     return "duplicate", 1.0
   score = pool.novelty.max_rouge_l(prompt)
@@ -431,7 +439,7 @@ def format_counts(rounds: list[dict]) -> str:
   head = "filter        " + "".join(f"{'round ' + str(i + 1):>10}" for i in range(len(rounds)))
   lines = [head + f"{'total':>10}"]
   for n in names:
-    vals = [r[n] for r in rounds]
+    vals = [r.get(n, 0) for r in rounds]  # a filter newer than a resumed round's state: 0
     lines.append(f"{n:<14}" + "".join(f"{v:>10}" for v in vals) + f"{sum(vals):>10}")
   return "\n".join(lines)
 
@@ -459,7 +467,8 @@ def stage_synthesize(run: Run) -> None:
                    **(run.task.solution(r) if s.method == "verified" else {})} for r in seeds]
   pool = Pool.of([f"seed-{i}" for i in range(len(seeds))] + [r["provenance"]["id"] for r in rows],
                  seed_records + [_clean(r) for r in rows], s.rouge_tokens,
-                 [0] * len(seeds) + [r["provenance"]["round"] for r in rows])
+                 [0] * len(seeds) + [r["provenance"]["round"] for r in rows],
+                 [r.get("prompt") for r in run.task.records("eval")])
   if done < s.rounds:
     proposer, proposer_tokenizer = load_proposer(run)
     # Each round's proposer continues from the last round's (from its
@@ -483,7 +492,7 @@ def stage_synthesize(run: Run) -> None:
         f"{len(state['rounds'])} rounds -> {rows_path}")
   if state["rounds"]:
     print(format_counts(state["rounds"]))
-  totals = {n: sum(r[n] for r in state["rounds"]) for n in ("proposed", *FILTERS, "kept")}
+  totals = {n: sum(r.get(n, 0) for r in state["rounds"]) for n in ("proposed", *FILTERS, "kept")}
   run.summary[key] = {"seeds": len(seeds), "synthesized": len(rows), "output": str(rows_path),
                       "rounds": state["rounds"], "removed": {n: totals[n] for n in FILTERS},
                       "proposed": totals["proposed"], "kept": totals["kept"]}

@@ -78,12 +78,14 @@ def test_fields_follow_what_the_task_can_check():
     ({"prompt": "1+2=" * 40, "completion": "3"}, "length"),
     ({"prompt": "1 + 2 =", "completion": "3"}, "format"),
     ({"prompt": "1+2=", "completion": "\u00e9"}, "format"),        # not in the vocabulary
+    ({"prompt": "55+5=", "completion": "60"}, "held_out"),         # an evaluation problem
     ({"prompt": "12+34=", "completion": "46"}, "duplicate"),
     ({"prompt": "12+35=", "completion": "47"}, "similar"),
     ({"prompt": "98+7=", "completion": "105"}, None),
 ])
 def test_form_filters(record, expect):
-  pool = _stage.Pool.of(["seed-0"], [{"prompt": "12+34=", "completion": "46"}], "chars")
+  pool = _stage.Pool.of(["seed-0"], [{"prompt": "12+34=", "completion": "46"}], "chars",
+                        held_out=["55+5=", [{"role": "user", "content": "chat prompts too"}]])
   cfg = _cfg(max_chars=20, pattern=r"[0-9]+[-+*][0-9]+=", rouge_tokens="chars", novelty=0.8)
   reason, score = synth.check_form(record, pool, cfg, _task(), CharTokenizer())
   assert reason == expect
@@ -192,8 +194,8 @@ def test_round_filters_and_provenance(tmp_path, monkeypatch):
     assert len(p["shown"]) == 2 and all(s.startswith("seed-") for s in p["shown"])
     assert 0.0 <= p["rouge_l"] < 1.0
   s = run.summary["synthesize"]
-  assert s["removed"] == {"malformed": 1, "length": 0, "format": 0, "duplicate": 1,
-                          "similar": 0, "unverifiable": 1, "wrong": 1}
+  assert s["removed"] == {"malformed": 1, "length": 0, "format": 0, "held_out": 0,
+                          "duplicate": 1, "similar": 0, "unverifiable": 1, "wrong": 1}
   assert s["proposed"] == 6 and s["kept"] == 2 and s["seeds"] == 4
   # Later stages train on seeds + synthesized; evaluation is unchanged.
   train = run.task.records("train")
@@ -201,6 +203,17 @@ def test_round_filters_and_provenance(tmp_path, monkeypatch):
                                            "completion": "85", "answer": "85"}
   assert train[0]["expression"] + "=" == train[0]["prompt"]     # seeds show theirs too
   assert run.task.records("eval") == _task(4).records("eval")
+
+
+def test_evaluation_problems_are_never_kept(tmp_path, monkeypatch):
+  task = _task(4)
+  held_out = task.records("eval")[0]["prompt"]          # e.g. "55+21="
+  _scripted(monkeypatch, [f"{held_out} {held_out[:-1]}", "40+2= 40+2"])
+  run = FakeRun(_cfg(proposals=2, rounds=1, shots=2, novelty=1.0), tmp_path, task)
+  synth.stage_synthesize(run)
+  s = run.summary["synthesize"]
+  assert s["kept"] == 1 and s["removed"]["held_out"] == 1
+  assert held_out not in [r["prompt"] for r in run.task.records("train")]
 
 
 def test_zero_rounds_train_on_the_seeds_alone(tmp_path, monkeypatch):
