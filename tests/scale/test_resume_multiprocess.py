@@ -96,7 +96,7 @@ def _free_port():
 def test_two_processes_match_one_process(tmp_path):
   one = tmp_path / "one"
   _launch(one, "--config.sft.steps=5", env={
-      "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"})
   two = tmp_path / "two"
   port = _free_port()
   procs = [_launch(two, "--config.sft.steps=5", "--coordinator", f"localhost:{port}",
