@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from rankjax import checkpoint, models
+from rankjax import checkpoint, models, parallel
 from rankjax.data import tasks
 from rankjax import config as config_lib
 from rankjax.config import Config
@@ -79,12 +79,17 @@ def model_config(cfg: Config, tokenizer) -> models.ModelConfig:
 
 
 def build_model(cfg: Config, tokenizer) -> models.Transformer:
+  """The policy, laid out on the run's mesh by the sharding table, as the
+  training stages leave it: stages before and after training then sample
+  with the same shardings, hence one compiled sampler."""
   if cfg.model.path:
     m = cfg.model
-    return models.load(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
-                       remat=m.remat, remat_policy=m.remat_policy,
-                       logits_chunk=m.logits_chunk)
-  return models.create(model_config(cfg, tokenizer), seed=cfg.seed)
+    model = models.load(m.path, dtype=jnp.dtype(m.dtype), param_dtype=jnp.dtype(m.param_dtype),
+                        remat=m.remat, remat_policy=m.remat_policy,
+                        logits_chunk=m.logits_chunk)
+  else:
+    model = models.create(model_config(cfg, tokenizer), seed=cfg.seed)
+  return parallel.shard_model(model, parallel.make_mesh(cfg.mesh))
 
 
 def stage_generate(run: Run) -> None:

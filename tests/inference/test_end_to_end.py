@@ -38,6 +38,19 @@ def _table_rows(out, header):
   return rows
 
 
+def test_evals_before_and_after_training_share_one_compiled_sampler(tmp_path):
+  # The run's model starts on the mesh as training leaves it, so the eval
+  # after SFT reuses the sampler the eval before it compiled (one program
+  # for the k samples, one for greedy), instead of compiling both again.
+  from rankjax.sampling import _generate
+  before = _generate._sample_jit._cache_size()
+  assert launch.main(["--workdir", str(tmp_path), *TINY, "--config.pipeline=eval,sft,eval",
+                      "--config.sft.steps=2", "--config.eval.num_problems=4",
+                      "--config.eval.num_samples=2", "--config.checkpoint.export_hf=false"]) == 0
+  assert _summary(tmp_path)["evaluated"] == ["base", "sft"]
+  assert _generate._sample_jit._cache_size() - before == 2
+
+
 def test_default_demo_at_ci_size(tmp_path, capsys):
   """`python -m rankjax.launch` with no config: every stage, the comparison
   table, summary.json keyed by stage, the plots, an export that loads."""
