@@ -174,8 +174,9 @@ def parse_proposal(text: str, fields, task: tasks.Task) -> dict | None:
   return task.parse_record(text.split("\n", 1)[0], fields)
 
 
-def _pick(rng: np.random.Generator, pool: Pool, k: int) -> list[int]:
-  return list(rng.choice(len(pool.records), min(k, len(pool.records)), replace=False))
+def _pick(rng: np.random.Generator, indices, k: int) -> list[int]:
+  """`k` of `indices` (pool positions) at random, without repeats."""
+  return [indices[i] for i in rng.choice(len(indices), min(k, len(indices)), replace=False)]
 
 
 def showable(pool: Pool, show: str, shots: int) -> list[int]:
@@ -196,7 +197,7 @@ def proposer_rows(pool: Pool, task: tasks.Task, *, shots: int, header: str, fiel
   more (not among them) as the completion."""
   rows = []
   for _ in range(n):
-    idx = _pick(rng, pool, shots + 1)
+    idx = _pick(rng, range(len(pool.records)), shots + 1)
     shown, target = [pool.records[i] for i in idx[:-1]], pool.records[idx[-1]]
     rows.append({"prompt": proposal_text(header, shown, fields, task),
                  "completion": task.render_record(target, fields)})
@@ -287,9 +288,10 @@ def check_form(record: dict | None, pool: Pool, cfg, task: tasks.Task, tokenizer
       tokenizer.encode(record["completion"])
   except Exception:  # pylint: disable=broad-except
     return "format", 0.0  # e.g. a character the tokenizer cannot encode
-  if _normal(prompt) in pool.held_out:
+  normal = _normal(prompt)
+  if normal in pool.held_out:
     return "held_out", 0.0
-  if _normal(prompt) in pool.prompts:
+  if normal in pool.prompts:
     return "duplicate", 1.0
   score = pool.novelty.max_rouge_l(prompt)
   if score >= s.novelty:
@@ -373,8 +375,7 @@ def run_round(run: Run, pool: Pool, fields, rnd: int, model, tokenizer
   start = time.perf_counter()
   for lo in range(0, s.proposals, _CHUNK):
     n = min(_CHUNK, s.proposals - lo)
-    picks = [[shown_from[i] for i in rng.choice(len(shown_from), min(s.shots, len(shown_from)),
-                                                replace=False)] for _ in range(n)]
+    picks = [_pick(rng, shown_from, s.shots) for _ in range(n)]
     texts = [proposal_text(s.header, [pool.records[i] for i in p], fields, run.task)
              for p in picks]
     key, sub = jax.random.split(key)
