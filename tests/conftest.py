@@ -9,4 +9,5 @@ sys.path.insert(0, os.path.dirname(__file__))
 # Subprocesses inherit the flag (add device-count flags to it, not in its
 # place, so both sides of a comparison compile alike).
 os.environ["XLA_FLAGS"] = " ".join(
-    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]).strip()
+    [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0",
+     "--xla_cpu_use_fusion_emitters=false"]).strip()
