@@ -5,6 +5,8 @@ text a chat server would show (for `ToolEnv`, the chat template's own
 rendering of the conversation); observation tokens are marked as not
 generated and get log-prob 0."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ from tokenizers import AddedToken
 from rankjax import envs, inference, sampling, testing
 from rankjax.data import tasks
 from rankjax.tokenizer import CharTokenizer, HFTokenizer
+from conftest import OPTIMIZED
 from test_tokenizer import _save, _train_bpe
 from test_tools import QWEN_TOOLS, add
 
@@ -39,7 +42,9 @@ def _fit(model, prompts, completions, steps=300, lr=3e-3):
     m = jnp.asarray(mask[:, 1:])
     return -jnp.sum(picked * m) / m.sum()
 
-  @jax.jit
+  # Hundreds of steps of one small program: worth XLA's full optimization
+  # (the suite compiles at -O0 by default, see conftest.py).
+  @functools.partial(jax.jit, compiler_options=OPTIMIZED)
   def step(p, opt):
     loss, g = jax.value_and_grad(loss_fn)(p)
     upd, opt = tx.update(g, opt, p)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from gguf import GGMLQuantizationType as Q
 
 from hf_reference import hf_logits, make_hf_model
@@ -73,8 +74,15 @@ def _batch(rows):
   return tokens, mask
 
 
+@nnx.jit
+def _logits(model, tokens, mask):
+  return model(tokens, attention_mask=mask)
+
+
 def _max_diff(model, ref, tokens, mask):
-  out = np.asarray(model(jnp.asarray(tokens), attention_mask=jnp.asarray(mask)))
+  # Compiled, as the sampler and the train steps run the model (eager
+  # dispatch of SmolLM2's 30 layers op by op takes half a minute).
+  out = np.asarray(_logits(model, jnp.asarray(tokens), jnp.asarray(mask)))
   return float(np.abs(out - ref)[mask.astype(bool)].max())
 
 

@@ -126,7 +126,7 @@ def _reference_distribution(logits, temperature, top_k, top_p, min_p):
     (1.0, 0, 0.9, 0.0),      # wide nucleus
     (0.8, 10, 0.7, 0.2),     # all combined, in transformers' order
 ])
-def test_filtered_distribution_chi_square(temperature, top_k, top_p, min_p):
+def test_filtered_distribution_chi_square(temperature, top_k, top_p, min_p, optimized_programs):
   model = testing.tiny_model("llama", seed=7, vocab_size=32)
   # Sharpen the tiny model's near-uniform logits so the filters bite.
   model.lm_head[...] = model.lm_head[...] * 20.0
