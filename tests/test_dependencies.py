@@ -19,6 +19,8 @@ import sysconfig
 import tomllib
 from pathlib import Path
 
+from multidevice import cpu_env
+
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 # The default recipe (rankjax/demo.py: sft, eval, grpo, eval, rerank), tiny.
 TINY_DEMO = ["--config.model.hidden_size=32", "--config.model.num_layers=1",
@@ -138,8 +140,7 @@ def test_base_dependencies_run_the_default_job(tmp_path):
                   if top not in sys.stdlib_module_names
                   and not {_normalize(d) for d in dists} & allowed)
   out = tmp_path / "imported.json"
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = cpu_env()
   proc = subprocess.run(
       [sys.executable, "-c", _RUNNER, json.dumps(hidden), str(out),
        "--workdir", str(tmp_path / "work"), *TINY_DEMO],

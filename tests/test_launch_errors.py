@@ -10,13 +10,13 @@ never import jax.
 """
 
 import json
-import os
 import pickle
 import subprocess
 import sys
 
 import pytest
 
+from multidevice import cpu_env
 from rankjax import config as config_lib
 from rankjax import errors, launch
 from rankjax.data import DataError
@@ -55,9 +55,7 @@ print(json.dumps(codes))
 
 
 def _env() -> dict:
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one device: the batch of 4 must divide the mesh
-  return env
+  return cpu_env()  # one device: the batch of 4 must divide the mesh
 
 
 def _jsonl(path, rows) -> str:
