@@ -734,6 +734,9 @@ def env_report(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = parse_args(list(sys.argv[1:] if argv is None else argv))
   if args.trl_child:
+    absent = _common.missing(TRL_MODULES, "bench")
+    if absent:
+      raise SystemExit(f"--trl-child runs TRL, which needs {absent}")
     with open(args.trl_child) as f:
       print(json.dumps(run_trl(json.load(f)), default=float))
     return {}

@@ -16,6 +16,8 @@ import time
 import numpy as np
 from safetensors.numpy import load_file
 
+from multidevice import cpu_env
+
 TINY = ["--config", "configs/sft.py", "--config.sft.steps=12", "--config.log_every=1",
         "--config.eval_every=0", "--config.model.hidden_size=32", "--config.model.num_layers=2",
         "--config.model.num_heads=2", "--config.model.num_kv_heads=1",
@@ -95,8 +97,7 @@ def _free_port():
 
 def test_two_processes_match_one_process(tmp_path):
   one = tmp_path / "one"
-  _launch(one, "--config.sft.steps=5", env={
-      "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"})
+  _launch(one, "--config.sft.steps=5", env={"XLA_FLAGS": cpu_env(2)["XLA_FLAGS"]})
   two = tmp_path / "two"
   port = _free_port()
   procs = [_launch(two, "--config.sft.steps=5", "--coordinator", f"localhost:{port}",
