@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -19,6 +22,17 @@ sys.path.insert(0, os.path.dirname(__file__))
 os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "1"
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_use_fusion_emitters=false"]).strip()
+
+# Many tests compile the same small programs: the same tiny model's steps in
+# several test files, and every `python -m rankjax.launch` subprocess starts
+# with a cold in-memory cache. One persistent compilation cache per test run,
+# shared by the xdist workers and their subprocesses through the environment,
+# compiles each program once per run. The run that creates it removes it.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _cache_dir = tempfile.mkdtemp(prefix="rankjax-tests-jit-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache_dir
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
 
 import jax  # noqa: E402  (after the environment it reads)
 
