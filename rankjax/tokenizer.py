@@ -41,6 +41,7 @@ import numpy as np
 import tokenizers
 
 from rankjax.errors import UserInputError
+from rankjax.gguf_file import open_gguf
 
 
 class TokenizerError(UserInputError):
@@ -728,13 +729,10 @@ _GGUF_SPLITS = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "llama-v3":
 
 
 def _read_gguf_tokenizer_metadata(path: str) -> dict[str, Any]:
-  """The `tokenizer.*` metadata of a GGUF file (arrays as lists)."""
+  """The `tokenizer.*` metadata of a GGUF file (arrays as lists); the file is
+  parsed once for the model and the tokenizer (`gguf_file.open_gguf`)."""
   try:
-    import gguf  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("reading GGUF files needs the gguf package: pip install gguf") from e
-  try:
-    reader = gguf.GGUFReader(path)
+    reader = open_gguf(path)
   except (ValueError, KeyError, IndexError) as e:
     raise TokenizerError(f"{path}: cannot be read as GGUF ({type(e).__name__}: {e})") from e
   return {k: f.contents() for k, f in reader.fields.items() if k.startswith("tokenizer.")}

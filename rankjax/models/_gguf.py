@@ -19,6 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+from rankjax.gguf_file import open_gguf
 from rankjax.models._config import ModelConfig, config_from_hf
 from rankjax.models._hf import (CheckpointError, check_checkpoint_dir, dtype_overrides,
                                 from_hf_tensors)
@@ -70,13 +71,10 @@ def _hf_tensor_name(name: str) -> str | None:
 
 
 def _open(path: str | os.PathLike):
-  """A `gguf.GGUFReader` over `path` (memory-mapped: no tensor is read)."""
+  """The file's `gguf.GGUFReader` (memory-mapped: no tensor is read), shared
+  with the tokenizer's reading of the same file."""
   try:
-    import gguf  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise ImportError("reading GGUF files needs the gguf package: pip install gguf") from e
-  try:
-    return gguf.GGUFReader(path)
+    return open_gguf(path)
   except (ValueError, KeyError, IndexError) as e:
     raise CheckpointError(f"{path}: cannot be read as GGUF ({type(e).__name__}: {e})") from e
 
