@@ -5,7 +5,7 @@ TPU topology and report its per-chip memory.
         [--stage sft,dpo,grpo] [--topology v5e:2x2,v5e:4x4,...] [--lora-rank 16]
         [--seq 2048] [--batch-per-chip 1] [--prompts 8] [--group 8]
         [--prompt-len 256] [--new-tokens 1024] [--logits-chunk 1024]
-        [--remat-policy full] [--mesh fsdp] [--tiny] [--json PATH]
+        [--remat-policy full] [--mesh fsdp] [--hbm-gib 16] [--tiny] [--json PATH]
 
 Needs `libtpu` at the version jax pins (the `plan` extra): the topology's
 devices come from `jax.experimental.topologies.get_topology_desc`, the step
@@ -25,7 +25,9 @@ XLA, and `compiled.memory_analysis()` gives the bytes one chip needs:
 A program that does not fit HBM is refused by libtpu's compiler (which
 also counts its reserved memory and code): `fits` is then false, the
 temporaries come from the compiler's message and the arguments from the
-shards' shapes.
+shards' shapes. Where the arguments alone exceed HBM no program can fit
+and none is compiled (`compiled` false, `temp_bytes` null): libtpu can take
+longer to refuse such a step than to compile one that fits.
 
 The steps are the real ones (`train.sft_step`, `train.dpo_step`,
 `train.grpo_step` with its rollout: prefill, G samples per prompt, N decode
@@ -121,6 +123,8 @@ def parse_args(argv):
   p.add_argument("--mesh", default="fsdp", choices=("fsdp", "fsdp_tensor"))
   p.add_argument("--tiny", action="store_true",
                  help="the tiny model at short lengths (tests): seconds to compile")
+  p.add_argument("--hbm-gib", type=float, default=None,
+                 help="HBM per chip to plan against (default: the chip's)")
   p.add_argument("--json", dest="json_path", default=None)
   return p.parse_args(argv)
 
@@ -212,35 +216,44 @@ def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
   batch = _batch_specs(args, stage, chips, mesh)
   rep = NamedSharding(mesh, P())
   t0 = time.perf_counter()
-  hbm = HBM_GIB[generation] * 2**30
-  refused = False
+  hbm = int((args.hbm_gib or HBM_GIB[generation]) * 2**30)
+  # The inputs' shards, from their shapes; the state is donated, so the
+  # outputs alias it.
+  shard_arg = sum(_shard_bytes(x) for x in jax.tree.leaves((state, batch)))
+  shard_alias = shard_arg - sum(_shard_bytes(x) for x in jax.tree.leaves(batch))
+  refused, compiled = False, True
   with jax.set_mesh(mesh):
     jitted = jax.jit(fn, out_shardings=(state_sh, rep), donate_argnums=0)
     lowered = jitted.lower(state, batch)
-    try:
-      mem = lowered.compile().memory_analysis()
-      arg, temp = int(mem.argument_size_in_bytes), int(mem.temp_size_in_bytes)
-      out, alias = int(mem.output_size_in_bytes), int(mem.alias_size_in_bytes)
-    except jax.errors.JaxRuntimeError as e:
-      # libtpu refuses programs that exceed HBM; its message says how much
-      # temporaries they need: "... HLO temporaries (31.48G) exceeds ..." or
-      # "... HLO temp 13.25G (...)".
-      need = re.search(r"HLO temp(?:oraries \(| +)([0-9.]+)([KMGT])", str(e))
-      if "RESOURCE_EXHAUSTED" not in str(e) or not need:
-        raise
-      refused = True
-      temp = int(float(need.group(1)) * 2**(10 * "KMGT".index(need.group(2)) + 10))
-      arg = sum(_shard_bytes(x) for x in jax.tree.leaves((state, batch)))
-      out, alias = arg, arg - sum(_shard_bytes(x) for x in jax.tree.leaves(batch))
+    if shard_arg > hbm:
+      # The inputs alone do not fit: no program can, so none is compiled
+      # (libtpu may take longer than the whole plan to refuse a large one).
+      compiled, temp = False, None
+      arg, out, alias = shard_arg, shard_arg, shard_alias
+    else:
+      try:
+        mem = lowered.compile().memory_analysis()
+        arg, temp = int(mem.argument_size_in_bytes), int(mem.temp_size_in_bytes)
+        out, alias = int(mem.output_size_in_bytes), int(mem.alias_size_in_bytes)
+      except jax.errors.JaxRuntimeError as e:
+        # libtpu refuses programs that exceed HBM; its message says how much
+        # temporaries they need: "... HLO temporaries (31.48G) exceeds ..." or
+        # "... HLO temp 13.25G (...)".
+        need = re.search(r"HLO temp(?:oraries \(| +)([0-9.]+)([KMGT])", str(e))
+        if "RESOURCE_EXHAUSTED" not in str(e) or not need:
+          raise
+        refused = True
+        temp = int(float(need.group(1)) * 2**(10 * "KMGT".index(need.group(2)) + 10))
+        arg, out, alias = shard_arg, shard_arg, shard_alias
   seconds = time.perf_counter() - t0
-  peak = arg + temp + out - alias
+  peak = arg + (temp or 0) + out - alias
   trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
   return {"topology": SLICES.get(topology, topology), "slice": topology, "chips": chips,
           "model": model_name, "stage": stage, "lora_rank": args.lora_rank,
           "mesh": dict(mesh.shape), "num_params": cfg.num_params, "trainable_params": trainable,
           "argument_bytes": arg, "temp_bytes": temp, "output_bytes": out, "alias_bytes": alias,
           "peak_bytes": peak, "hbm_bytes": hbm, "fits": peak <= hbm and not refused,
-          "refused_by_compiler": refused,
+          "refused_by_compiler": refused, "compiled": compiled,
           "compile_seconds": seconds}
 
 
@@ -259,8 +272,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   gib = lambda b: b / 2**30
   rows = [[p["topology"], p["model"], p["stage"] + (f" lora{p['lora_rank']}" if p["lora_rank"]
                                                      else ""),
-           gib(p["argument_bytes"]), gib(p["temp_bytes"]), gib(p["output_bytes"] - p["alias_bytes"]),
-           gib(p["peak_bytes"]), gib(p["hbm_bytes"]), "yes" if p["fits"] else "NO",
+           gib(p["argument_bytes"]),
+           "-" if p["temp_bytes"] is None else gib(p["temp_bytes"]),
+           gib(p["output_bytes"] - p["alias_bytes"]),
+           gib(p["peak_bytes"]), gib(p["hbm_bytes"]),
+           "yes" if p["fits"] else "NO" if p["compiled"] else "NO (arguments > HBM)",
            p["compile_seconds"]] for p in plans]
   print("per-chip memory of the compiled step (GiB), from compiled.memory_analysis()")
   print(_common.format_table(rows, ["topology", "model", "stage", "arguments", "temporaries",

@@ -48,16 +48,20 @@ def libtpu_path():
   return str(target)
 
 
-@pytest.fixture(scope="module")
-def plans(libtpu_path, tmp_path_factory):
-  path = tmp_path_factory.mktemp("plan") / "plan.json"
+def _plan(libtpu_path, path, *args):
+  """(stdout, plans) of `bench plan --tiny --topology v5e:2x2 *args`."""
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(p for p in (libtpu_path, env.get("PYTHONPATH")) if p)
   cmd = [sys.executable, "-m", "rankjax.bench", "plan", "--tiny", "--topology", "v5e:2x2",
-         "--stage", "sft,grpo", "--json", str(path)]
+         *args, "--json", str(path)]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-4000:]
   return proc.stdout, json.loads(path.read_text())["plans"]
+
+
+@pytest.fixture(scope="module")
+def plans(libtpu_path, tmp_path_factory):
+  return _plan(libtpu_path, tmp_path_factory.mktemp("plan") / "plan.json", "--stage", "sft,grpo")
 
 
 def test_steps_compile_for_v5e_2x2_and_fit(plans):
@@ -77,6 +81,27 @@ def test_steps_compile_for_v5e_2x2_and_fit(plans):
     assert p["alias_bytes"] > 0.9 * state_bytes / 4
     assert p["compile_seconds"] > 0
   assert "per-chip memory" in stdout and "v5e:2x2" in stdout
+
+
+def test_a_step_whose_arguments_exceed_hbm_is_not_compiled(libtpu_path, plans, tmp_path):
+  # A chip of 64 KiB: the tiny model's state shard alone is larger.
+  stdout, (p,) = _plan(libtpu_path, tmp_path / "plan.json", "--stage", "sft",
+                       "--hbm-gib", str(2**-14))
+  assert p["hbm_bytes"] == 2**16
+  assert p["compiled"] is False and p["fits"] is False and p["refused_by_compiler"] is False
+  assert p["temp_bytes"] is None
+  # The arguments come from the shards' shapes: about a quarter of the state,
+  # at most what the compiled SFT step reports (which adds the TPU's layout
+  # padding, large for the tiny model's small arrays; for Llama-3.2-1B on
+  # v5e-4 both give 3.45 GiB).
+  (compiled_sft,) = [q for q in plans[1] if q["stage"] == "sft"]
+  assert compiled_sft["compiled"] is True
+  state_bytes = 3 * 4 * p["num_params"]
+  assert state_bytes / 4 <= p["argument_bytes"] < state_bytes / 2, p
+  assert p["argument_bytes"] <= compiled_sft["argument_bytes"]
+  assert p["peak_bytes"] == p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"]
+  assert p["peak_bytes"] > p["hbm_bytes"]
+  assert "NO (arguments > HBM)" in stdout
 
 
 def test_abstract_train_state_matches_the_real_one():
