@@ -1,17 +1,22 @@
-"""TPU plans without a TPU: compile a real train step ahead of time for a
-TPU topology and report its per-chip memory.
+"""TPU and GPU plans without the hardware: compile a real train step ahead
+of time for a TPU topology or a set of GPUs and report its per-chip memory.
 
     python -m rankjax.bench plan --topology v5e:2x2 --model llama3.2-1b --stage sft
-        [--stage sft,dpo,grpo] [--topology v5e:2x2,v5e:4x4,...] [--lora-rank 16]
+        [--stage sft,dpo,grpo] [--topology v5e:2x2,v5e-16,h100-8,...] [--lora-rank 16]
         [--seq 2048] [--batch-per-chip 1] [--prompts 8] [--group 8]
         [--prompt-len 256] [--new-tokens 1024] [--logits-chunk 1024]
         [--remat-policy full] [--mesh fsdp] [--hbm-gib 16] [--tiny] [--json PATH]
 
-Needs `libtpu` at the version jax pins (the `plan` extra): the topology's
-devices come from `jax.experimental.topologies.get_topology_desc`, the step
-is lowered on a mesh of them from abstract shapes
-(`train.abstract_train_state`, nothing is allocated), compiled by libtpu's
-XLA, and `compiled.memory_analysis()` gives the bytes one chip needs:
+TPUs need `libtpu` at the version jax pins (the `plan` extra); GPUs
+(`h100-8`, `h200-8`, `a100-8`, or `h100:1x2x8` = slices x hosts x GPUs per
+host) need jax's CUDA plugin and ptxas (the `plan-gpu` extra), and are
+described to XLA's GPU compiler by their data-sheet figures (`GPUS`); dots
+are planned as cuBLAS calls (without a device XLA cannot autotune its
+Triton GEMMs). The topology's devices come from
+`jax.experimental.topologies.get_topology_desc`, the step is lowered on a
+mesh of them from abstract shapes (`train.abstract_train_state`, nothing is
+allocated), compiled by that platform's XLA, and
+`compiled.memory_analysis()` gives the bytes one chip needs:
 
   argument_bytes  the step's inputs on one chip: its shard of the state
                   (params, AdamW moments, reference) and of the batch
@@ -20,7 +25,9 @@ XLA, and `compiled.memory_analysis()` gives the bytes one chip needs:
   output_bytes    outputs (the new state; donated, so aliased to the inputs)
   alias_bytes     outputs written in place of donated inputs
   peak_bytes      argument + temp + output − alias: what must fit
-  fits            peak_bytes <= the chip's HBM
+  fits            peak_bytes <= the chip's HBM (a GPU's whole memory: jax
+                  lets a process take 75% of it unless
+                  XLA_PYTHON_CLIENT_MEM_FRACTION says otherwise)
 
 A program that does not fit HBM is refused by libtpu's compiler (which
 also counts its reserved memory and code): `fits` is then false, the
@@ -102,6 +109,51 @@ SLICES = {"v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4", "v5e-32":
           "v4-8": "v4:2x2x1", "v4-16": "v4:2x2x2"}
 
 
+@dataclasses.dataclass(frozen=True)
+class GpuSpec:
+  """What XLA's GPU compiler needs to know of a device it cannot see (NVIDIA's
+  data sheets; memory as CUDA reports its total)."""
+  description: str
+  compute_capability: tuple[int, int]
+  sm_count: int
+  clock_ghz: float
+  memory_bytes: int
+  bandwidth_bytes_per_s: int
+  l2_bytes: int
+  shared_memory_per_sm: int
+  shared_memory_per_block_optin: int
+
+
+GPUS = {
+    "a100": GpuSpec("NVIDIA A100-SXM4-80GB", (8, 0), 108, 1.41, 81920 * 2**20,
+                    2_039_000_000_000, 40 * 2**20, 167936, 166912),
+    "h100": GpuSpec("NVIDIA H100 80GB HBM3", (9, 0), 132, 1.98, 81559 * 2**20,
+                    3_352_000_000_000, 50 * 2**20, 233472, 232448),
+    "h200": GpuSpec("NVIDIA H200", (9, 0), 132, 1.98, 143771 * 2**20,
+                    4_800_000_000_000, 50 * 2**20, 233472, 232448),
+}
+
+
+def gpu_target_config(spec: GpuSpec) -> str:
+  """The device as an `xla.GpuTargetConfigProto` in text form."""
+  major, minor = spec.compute_capability
+  return f"""gpu_device_info {{
+  threads_per_block_limit: 1024  threads_per_warp: 32
+  shared_memory_per_block: 49152  shared_memory_per_core: {spec.shared_memory_per_sm}
+  shared_memory_per_block_optin: {spec.shared_memory_per_block_optin}
+  threads_per_core_limit: 2048  core_count: {spec.sm_count}  fpus_per_core: 128
+  block_dim_limit_x: 2147483647  block_dim_limit_y: 65535  block_dim_limit_z: 65535
+  memory_bandwidth: {spec.bandwidth_bytes_per_s}  l2_cache_size: {spec.l2_bytes}
+  clock_rate_ghz: {spec.clock_ghz}  device_memory_size: {spec.memory_bytes}
+  registers_per_core_limit: 65536  registers_per_block_limit: 65536
+  cuda_compute_capability {{ major: {major} minor: {minor} }}
+}}
+platform_name: "CUDA"
+dnn_version_info {{ major: 9 minor: 8 }}
+device_description_str: "{spec.description}"
+"""
+
+
 def parse_args(argv):
   p = argparse.ArgumentParser(prog="python -m rankjax.bench plan")
   p.add_argument("--topology", default="v5e:2x2",
@@ -130,13 +182,20 @@ def parse_args(argv):
 
 
 def topology_devices(name: str):
-  """(devices, chip generation) of a TPU topology, from libtpu."""
+  """(devices, chip) of a TPU topology (from libtpu) or of GPUs (`h100-8`,
+  `h200:1x2x8` = slices x hosts x GPUs per host, from jax's CUDA plugin)."""
+  chip = re.split(r"[-:]", name)[0]
+  if chip in GPUS:
+    return _gpu_devices(name, chip), chip
   # Compiling touches no TPU: several planning processes may share libtpu
   # (its lockfile guards real chips).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies
   topo = SLICES.get(name, name)
-  generation = topo.split(":")[0]
+  if not re.fullmatch(r"v[0-9a-z]+:\d+(x\d+){1,2}", topo):
+    raise SystemExit(f"unknown topology {name!r}: a TPU slice ({', '.join(SLICES)}), a TPU "
+                     f"topology such as v5e:4x4, or GPUs such as h100-8 or h100:1x2x8 "
+                     f"({', '.join(GPUS)})")
   dims = [int(d) for d in topo.split(":")[1].split("x")]
   bounds = tuple(min(d, 2) for d in dims) + (1,) * (3 - len(dims))
   try:
@@ -145,7 +204,31 @@ def topology_devices(name: str):
   except Exception as e:  # pylint: disable=broad-except
     raise SystemExit(f"cannot describe TPU topology {topo!r} ({type(e).__name__}: {e}); "
                      "`pip install -e .[plan]` installs the libtpu the installed jax pins") from e
-  return desc.devices, generation
+  return desc.devices, chip
+
+
+def _gpu_devices(name: str, chip: str):
+  """Compile-only CUDA devices: XLA's GPU compiler (jax's CUDA plugin, and a
+  CUDA toolkit's ptxas) builds for the described device without one."""
+  from jax.experimental import topologies
+  if not re.fullmatch(rf"{chip}(-\d+|:\d+x\d+x\d+)", name):
+    raise SystemExit(f"unknown GPU topology {name!r}: {chip}-<GPUs> (one host) or "
+                     f"{chip}:<slices>x<hosts>x<GPUs per host>")
+  shape = name.split(":")[1] if ":" in name else f"1x1x{name.split('-')[1]}"
+  try:
+    desc = topologies.get_topology_desc(platform="cuda", topology=shape,
+                                        target_config=gpu_target_config(GPUS[chip]))
+  except Exception as e:  # pylint: disable=broad-except
+    raise SystemExit(f"cannot describe GPU topology {name!r} ({type(e).__name__}: {e}); "
+                     "`pip install -e .[plan-gpu]` installs jax's CUDA plugin with the CUDA "
+                     "libraries (or install jax-cuda13-plugin and jax-cuda13-pjrt beside a "
+                     "CUDA 13 toolkit)") from e
+  return desc.devices
+
+
+def hbm_bytes(chip: str) -> int:
+  """Memory per chip: a TPU's HBM, a GPU's device memory."""
+  return GPUS[chip].memory_bytes if chip in GPUS else HBM_GIB[chip] * 2**30
 
 
 def model_config(args, name: str) -> models.ModelConfig:
@@ -204,7 +287,7 @@ def step_fn(args, stage: str):
 
 def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
   """Compile one step for one topology; its per-chip memory and compile time."""
-  devices, generation = topology_devices(topology)
+  devices, chip = topology_devices(topology)
   chips = len(devices)
   tensor = 4 if args.mesh == "fsdp_tensor" and chips % 4 == 0 and chips > 4 else 1
   mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": tensor}, devices=devices)
@@ -216,7 +299,7 @@ def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
   batch = _batch_specs(args, stage, chips, mesh)
   rep = NamedSharding(mesh, P())
   t0 = time.perf_counter()
-  hbm = int((args.hbm_gib or HBM_GIB[generation]) * 2**30)
+  hbm = int(args.hbm_gib * 2**30) if args.hbm_gib else hbm_bytes(chip)
   # The inputs' shards, from their shapes; the state is donated, so the
   # outputs alias it.
   shard_arg = sum(_shard_bytes(x) for x in jax.tree.leaves((state, batch)))
@@ -248,7 +331,8 @@ def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
   seconds = time.perf_counter() - t0
   peak = arg + (temp or 0) + out - alias
   trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-  return {"topology": SLICES.get(topology, topology), "slice": topology, "chips": chips,
+  return {"topology": SLICES.get(topology, topology), "slice": topology, "chip": chip,
+          "chips": chips,
           "model": model_name, "stage": stage, "lora_rank": args.lora_rank,
           "mesh": dict(mesh.shape), "num_params": cfg.num_params, "trainable_params": trainable,
           "argument_bytes": arg, "temp_bytes": temp, "output_bytes": out, "alias_bytes": alias,
@@ -263,6 +347,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.model = "tiny"
     args.seq, args.prompt_len, args.new_tokens, args.logits_chunk = 64, 16, 8, 32
     args.prompts, args.group = min(args.prompts, 4), min(args.group, 2)
+  if any(re.split(r"[-:]", t.strip())[0] in GPUS for t in args.topology.split(",")):
+    # The devices are described, not used: run on the CPU, which also keeps
+    # jax's CUDA plugin from requiring a driver and cuDNN at start-up.
+    jax.config.update("jax_platforms", "cpu")
+    # Without a device XLA cannot autotune, and its Triton GEMM fusions then
+    # fail to tile some small dots ("Couldn't find output tile sizes"):
+    # plan dots as cuBLAS calls.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_gpu_enable_triton_gemm=false").strip()
   plans = []
   for topology in args.topology.split(","):
     for model_name in args.model.split(","):

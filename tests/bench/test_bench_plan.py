@@ -1,16 +1,19 @@
-"""`python -m rankjax.bench plan`: a tiny model's SFT and GRPO steps compiled
-ahead of time for a TPU v5e 2x2 slice on this CPU machine, through libtpu.
+"""`python -m rankjax.bench plan`: a tiny model's train steps compiled ahead
+of time for a TPU v5e 2x2 slice (through libtpu) and for 8 H100 GPUs
+(through jax's CUDA plugin), on this CPU machine.
 
-libtpu is not a test dependency (installed, it makes every jax start-up
-print TPU warnings): the test installs the version jax pins into a cache
-directory with pip and puts it on the subprocess's path. It skips, with
-pip's error, only where pip cannot install it (no package index)."""
+Neither compiler is a test dependency (installed beside jax, each makes
+every jax start-up look for its devices): the tests install the versions
+jax pins into a cache directory with pip and put it on the subprocess's
+path. They skip, with the reason, only where pip cannot install them (no
+package index) or, for the GPU, where no CUDA toolkit's ptxas is found."""
 
 import importlib.metadata
 import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +24,7 @@ import optax
 import pytest
 
 from rankjax import models, parallel, train
+from rankjax.bench import plan as plan_lib
 
 
 def _libtpu_requirement() -> str:
@@ -31,28 +35,45 @@ def _libtpu_requirement() -> str:
   return pins[0]
 
 
+def _pip_into_cache(env_var: str, name: str, requirements: list[str], installed: str) -> str:
+  """A directory ($env_var, or ~/.cache/rankjax/<name>) holding
+  `requirements`, installed by pip unless its `installed` entry exists;
+  skips with pip's error where pip fails."""
+  target = Path(os.environ.get(env_var, Path.home() / ".cache" / "rankjax" / name))
+  if not (target / installed).exists():
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                           "--target", str(target), *requirements], capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode:
+      pytest.skip(f"{' '.join(requirements)} cannot be installed here: {proc.stderr[-400:]}")
+  return str(target)
+
+
 @pytest.fixture(scope="module")
 def libtpu_path():
   if importlib.util.find_spec("libtpu") is not None:
     return ""
   req = _libtpu_requirement()
   version = re.sub(r"[^0-9.]", "", req.split("==")[-1]).strip(".")
-  target = Path(os.environ.get("RANKJAX_LIBTPU_DIR",
-                               Path.home() / ".cache" / "rankjax" / f"libtpu-{version}"))
-  if not (target / "libtpu").is_dir():
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                           "--target", str(target), req], capture_output=True, text=True,
-                          timeout=600)
-    if proc.returncode:
-      pytest.skip(f"libtpu ({req}) cannot be installed here: {proc.stderr[-400:]}")
-  return str(target)
+  return _pip_into_cache("RANKJAX_LIBTPU_DIR", f"libtpu-{version}", [req], "libtpu")
 
 
-def _plan(libtpu_path, path, *args):
-  """(stdout, plans) of `bench plan --tiny --topology v5e:2x2 *args`."""
+@pytest.fixture(scope="module")
+def cuda_plugin_path():
+  if not (shutil.which("ptxas") or Path("/usr/local/cuda/bin/ptxas").exists()):
+    pytest.skip("compiling for a GPU without one needs a CUDA toolkit's ptxas (none on PATH or "
+                "in /usr/local/cuda); `pip install -e .[plan-gpu]` brings one")
+  v = jax.__version__
+  return _pip_into_cache("RANKJAX_CUDA_PLUGIN_DIR", f"jax-cuda13-{v}",
+                         [f"jax-cuda13-plugin=={v}", f"jax-cuda13-pjrt=={v}"],
+                         "jax_plugins/xla_cuda13")
+
+
+def _plan(compiler_path, path, *args, topology="v5e:2x2"):
+  """(stdout, plans) of `bench plan --tiny --topology <topology> *args`."""
   env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (libtpu_path, env.get("PYTHONPATH")) if p)
-  cmd = [sys.executable, "-m", "rankjax.bench", "plan", "--tiny", "--topology", "v5e:2x2",
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (compiler_path, env.get("PYTHONPATH")) if p)
+  cmd = [sys.executable, "-m", "rankjax.bench", "plan", "--tiny", "--topology", topology,
          *args, "--json", str(path)]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -102,6 +123,35 @@ def test_a_step_whose_arguments_exceed_hbm_is_not_compiled(libtpu_path, plans, t
   assert p["peak_bytes"] == p["argument_bytes"] + p["output_bytes"] - p["alias_bytes"]
   assert p["peak_bytes"] > p["hbm_bytes"]
   assert "NO (arguments > HBM)" in stdout
+
+
+def test_steps_compile_for_8_h100s_and_fit(cuda_plugin_path, tmp_path):
+  stdout, result = _plan(cuda_plugin_path, tmp_path / "plan.json", "--stage", "sft,grpo",
+                         topology="h100-8")
+  assert [p["stage"] for p in result] == ["sft", "grpo"]
+  for p in result:
+    assert p["chip"] == "h100" and p["chips"] == 8 and p["compiled"] is True
+    assert p["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert p["hbm_bytes"] == plan_lib.GPUS["h100"].memory_bytes and p["fits"] is True
+    assert p["peak_bytes"] == (p["argument_bytes"] + p["temp_bytes"] + p["output_bytes"]
+                               - p["alias_bytes"])
+    # An eighth of the float32 parameters and AdamW moments per GPU (the
+    # embeddings and norms shard unevenly or not at all).
+    state_bytes = 3 * 4 * p["num_params"]
+    assert state_bytes / 8 <= p["argument_bytes"] < state_bytes / 4, p
+    assert p["alias_bytes"] > 0.9 * state_bytes / 8
+    assert p["temp_bytes"] > 0
+  assert "h100-8" in stdout
+
+
+@pytest.mark.parametrize("name, message", [
+    ("b200-8", "unknown topology 'b200-8': a TPU slice (v5e-4,"),
+    ("v5e-3", "unknown topology 'v5e-3'"),
+    ("h100-x", "unknown GPU topology 'h100-x': h100-<GPUs>"),
+])
+def test_unknown_topologies_are_named(name, message):
+  with pytest.raises(SystemExit, match=re.escape(message)):
+    plan_lib.topology_devices(name)
 
 
 def test_abstract_train_state_matches_the_real_one():
