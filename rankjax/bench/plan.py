@@ -176,17 +176,22 @@ def parse_args(argv):
   p.add_argument("--tiny", action="store_true",
                  help="the tiny model at short lengths (tests): seconds to compile")
   p.add_argument("--hbm-gib", type=float, default=None,
-                 help="HBM per chip to plan against (default: the chip's)")
+                 help="HBM per chip to plan against (default: the chip's); for GPUs also the "
+                      "memory XLA's GPU compiler schedules for")
   p.add_argument("--json", dest="json_path", default=None)
   return p.parse_args(argv)
 
 
-def topology_devices(name: str):
+def topology_devices(name: str, memory_bytes: int | None = None):
   """(devices, chip) of a TPU topology (from libtpu) or of GPUs (`h100-8`,
-  `h200:1x2x8` = slices x hosts x GPUs per host, from jax's CUDA plugin)."""
+  `h200:1x2x8` = slices x hosts x GPUs per host, from jax's CUDA plugin).
+  `memory_bytes` replaces a GPU's memory in its description: XLA's GPU
+  compiler schedules a program for the memory it is told of."""
   chip = re.split(r"[-:]", name)[0]
   if chip in GPUS:
-    return _gpu_devices(name, chip), chip
+    spec = GPUS[chip] if memory_bytes is None else dataclasses.replace(
+        GPUS[chip], memory_bytes=memory_bytes)
+    return _gpu_devices(name, chip, spec), chip
   # Compiling touches no TPU: several planning processes may share libtpu
   # (its lockfile guards real chips).
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -207,7 +212,7 @@ def topology_devices(name: str):
   return desc.devices, chip
 
 
-def _gpu_devices(name: str, chip: str):
+def _gpu_devices(name: str, chip: str, spec: GpuSpec):
   """Compile-only CUDA devices: XLA's GPU compiler (jax's CUDA plugin, and a
   CUDA toolkit's ptxas) builds for the described device without one."""
   from jax.experimental import topologies
@@ -217,7 +222,7 @@ def _gpu_devices(name: str, chip: str):
   shape = name.split(":")[1] if ":" in name else f"1x1x{name.split('-')[1]}"
   try:
     desc = topologies.get_topology_desc(platform="cuda", topology=shape,
-                                        target_config=gpu_target_config(GPUS[chip]))
+                                        target_config=gpu_target_config(spec))
   except Exception as e:  # pylint: disable=broad-except
     raise SystemExit(f"cannot describe GPU topology {name!r} ({type(e).__name__}: {e}); "
                      "`pip install -e .[plan-gpu]` installs jax's CUDA plugin with the CUDA "
@@ -287,7 +292,8 @@ def step_fn(args, stage: str):
 
 def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
   """Compile one step for one topology; its per-chip memory and compile time."""
-  devices, chip = topology_devices(topology)
+  memory = int(args.hbm_gib * 2**30) if args.hbm_gib else None
+  devices, chip = topology_devices(topology, memory)
   chips = len(devices)
   tensor = 4 if args.mesh == "fsdp_tensor" and chips % 4 == 0 and chips > 4 else 1
   mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "tensor": tensor}, devices=devices)
@@ -299,7 +305,7 @@ def plan(args, topology: str, model_name: str, stage: str) -> dict[str, Any]:
   batch = _batch_specs(args, stage, chips, mesh)
   rep = NamedSharding(mesh, P())
   t0 = time.perf_counter()
-  hbm = int(args.hbm_gib * 2**30) if args.hbm_gib else hbm_bytes(chip)
+  hbm = memory or hbm_bytes(chip)
   # The inputs' shards, from their shapes; the state is donated, so the
   # outputs alias it.
   shard_arg = sum(_shard_bytes(x) for x in jax.tree.leaves((state, batch)))
