@@ -8,6 +8,7 @@ jax pins into a cache directory with pip and put it on the subprocess's
 path. They skip, with the reason, only where pip cannot install them (no
 package index) or, for the GPU, where no CUDA toolkit's ptxas is found."""
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -142,6 +143,14 @@ def test_steps_compile_for_8_h100s_and_fit(cuda_plugin_path, tmp_path):
     assert p["alias_bytes"] > 0.9 * state_bytes / 8
     assert p["temp_bytes"] > 0
   assert "h100-8" in stdout
+
+
+def test_gpu_description_carries_the_memory_to_plan_for():
+  spec = plan_lib.GPUS["h100"]
+  assert f"device_memory_size: {spec.memory_bytes}" in plan_lib.gpu_target_config(spec)
+  smaller = plan_lib.gpu_target_config(dataclasses.replace(spec, memory_bytes=16 * 2**30))
+  assert f"device_memory_size: {16 * 2**30}" in smaller
+  assert "cuda_compute_capability { major: 9 minor: 0 }" in smaller and "core_count: 132" in smaller
 
 
 @pytest.mark.parametrize("name, message", [
