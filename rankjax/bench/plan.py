@@ -201,6 +201,10 @@ def topology_devices(name: str, memory_bytes: int | None = None):
     raise SystemExit(f"unknown topology {name!r}: a TPU slice ({', '.join(SLICES)}), a TPU "
                      f"topology such as v5e:4x4, or GPUs such as h100-8 or h100:1x2x8 "
                      f"({', '.join(GPUS)})")
+  chip = topo.split(":")[0]
+  if chip not in HBM_GIB:
+    raise SystemExit(f"no HBM size known for TPU {chip!r} (topology {name!r}): one of "
+                     f"{', '.join(HBM_GIB)}")
   dims = [int(d) for d in topo.split(":")[1].split("x")]
   bounds = tuple(min(d, 2) for d in dims) + (1,) * (3 - len(dims))
   try:

@@ -157,6 +157,7 @@ def test_gpu_description_carries_the_memory_to_plan_for():
     ("b200-8", "unknown topology 'b200-8': a TPU slice (v5e-4,"),
     ("v5e-3", "unknown topology 'v5e-3'"),
     ("h100-x", "unknown GPU topology 'h100-x': h100-<GPUs>"),
+    ("v3:2x2", "no HBM size known for TPU 'v3' (topology 'v3:2x2'): one of v4,"),
 ])
 def test_unknown_topologies_are_named(name, message):
   with pytest.raises(SystemExit, match=re.escape(message)):
