@@ -86,21 +86,27 @@ def plans(libtpu_path, tmp_path_factory):
   return _plan(libtpu_path, tmp_path_factory.mktemp("plan") / "plan.json", "--stage", "sft,grpo")
 
 
+def _assert_compiled_and_fits(p, *, chips: int, hbm_bytes: int):
+  """A plan compiled on an all-fsdp mesh of `chips`, fitting `hbm_bytes`."""
+  assert p["chips"] == chips and p["compiled"] is True
+  assert p["mesh"] == {"data": 1, "fsdp": chips, "tensor": 1}
+  assert p["hbm_bytes"] == hbm_bytes and p["fits"] is True
+  assert p["peak_bytes"] == (p["argument_bytes"] + p["temp_bytes"] + p["output_bytes"]
+                             - p["alias_bytes"])
+  # One chip holds about 1/chips of the float32 parameters and both AdamW
+  # moments (embeddings and norms shard unevenly or not at all).
+  state_bytes = 3 * 4 * p["num_params"]
+  assert state_bytes / chips <= p["argument_bytes"] < 2 * state_bytes / chips, p
+  # The state is donated: the new one is written in place of the old.
+  assert p["alias_bytes"] > 0.9 * state_bytes / chips
+
+
 def test_steps_compile_for_v5e_2x2_and_fit(plans):
   stdout, result = plans
   assert [p["stage"] for p in result] == ["sft", "grpo"]
   for p in result:
-    assert p["chips"] == 4 and p["topology"] == "v5e:2x2"
-    assert p["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
-    assert p["hbm_bytes"] == 16 * 2**30 and p["fits"] is True
-    assert p["peak_bytes"] == (p["argument_bytes"] + p["temp_bytes"] + p["output_bytes"]
-                               - p["alias_bytes"])
-    # One chip holds about a quarter of the float32 parameters and both AdamW
-    # moments (embeddings and norms shard unevenly or not at all).
-    state_bytes = 3 * 4 * p["num_params"]
-    assert state_bytes / 4 <= p["argument_bytes"] < state_bytes / 2, p
-    # The state is donated: the new one is written in place of the old.
-    assert p["alias_bytes"] > 0.9 * state_bytes / 4
+    assert p["topology"] == "v5e:2x2"
+    _assert_compiled_and_fits(p, chips=4, hbm_bytes=16 * 2**30)
     assert p["compile_seconds"] > 0
   assert "per-chip memory" in stdout and "v5e:2x2" in stdout
 
@@ -131,16 +137,8 @@ def test_steps_compile_for_8_h100s_and_fit(cuda_plugin_path, tmp_path):
                          topology="h100-8")
   assert [p["stage"] for p in result] == ["sft", "grpo"]
   for p in result:
-    assert p["chip"] == "h100" and p["chips"] == 8 and p["compiled"] is True
-    assert p["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
-    assert p["hbm_bytes"] == plan_lib.GPUS["h100"].memory_bytes and p["fits"] is True
-    assert p["peak_bytes"] == (p["argument_bytes"] + p["temp_bytes"] + p["output_bytes"]
-                               - p["alias_bytes"])
-    # An eighth of the float32 parameters and AdamW moments per GPU (the
-    # embeddings and norms shard unevenly or not at all).
-    state_bytes = 3 * 4 * p["num_params"]
-    assert state_bytes / 8 <= p["argument_bytes"] < state_bytes / 4, p
-    assert p["alias_bytes"] > 0.9 * state_bytes / 8
+    assert p["chip"] == "h100"
+    _assert_compiled_and_fits(p, chips=8, hbm_bytes=plan_lib.GPUS["h100"].memory_bytes)
     assert p["temp_bytes"] > 0
   assert "h100-8" in stdout
 
