@@ -182,12 +182,17 @@ def parse_args(argv):
   return p.parse_args(argv)
 
 
+def chip_of(topology: str) -> str:
+  """The chip a topology name starts with: `v5e` of v5e-16, `h100` of h100-8."""
+  return re.split(r"[-:]", topology.strip())[0]
+
+
 def topology_devices(name: str, memory_bytes: int | None = None):
   """(devices, chip) of a TPU topology (from libtpu) or of GPUs (`h100-8`,
   `h200:1x2x8` = slices x hosts x GPUs per host, from jax's CUDA plugin).
   `memory_bytes` replaces a GPU's memory in its description: XLA's GPU
   compiler schedules a program for the memory it is told of."""
-  chip = re.split(r"[-:]", name)[0]
+  chip = chip_of(name)
   if chip in GPUS:
     spec = GPUS[chip] if memory_bytes is None else dataclasses.replace(
         GPUS[chip], memory_bytes=memory_bytes)
@@ -357,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.model = "tiny"
     args.seq, args.prompt_len, args.new_tokens, args.logits_chunk = 64, 16, 8, 32
     args.prompts, args.group = min(args.prompts, 4), min(args.group, 2)
-  if any(re.split(r"[-:]", t.strip())[0] in GPUS for t in args.topology.split(",")):
+  if any(chip_of(t) in GPUS for t in args.topology.split(",")):
     # The devices are described, not used: run on the CPU, which also keeps
     # jax's CUDA plugin from requiring a driver and cuDNN at start-up.
     jax.config.update("jax_platforms", "cpu")

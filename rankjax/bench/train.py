@@ -61,6 +61,7 @@ from flax import nnx
 
 from rankjax import models, parallel, train
 from rankjax.bench import _common
+from rankjax.bench.plan import MODELS
 from rankjax.bench.sampler import random_model
 from rankjax.config import OptimCfg
 
@@ -119,7 +120,6 @@ def parse_args(argv) -> argparse.Namespace:
   if unknown or not args.variants:
     p.error(f"--variants: unknown {sorted(unknown)}; choose from {','.join(VARIANTS)}")
   if args.model is not None:
-    from rankjax.bench.plan import MODELS  # pylint: disable=import-outside-toplevel
     if args.model not in MODELS:
       p.error(f"--model: unknown {args.model!r}; choose from {', '.join(MODELS)}")
     if args.tiny or args.hidden or args.layers or args.vocab:
@@ -134,11 +134,9 @@ def parse_args(argv) -> argparse.Namespace:
 
 def model_config(args, logits_chunk: int = 0) -> models.ModelConfig:
   if args.model is not None:
-    from rankjax.bench.plan import MODELS  # pylint: disable=import-outside-toplevel
     return dataclasses.replace(
         MODELS[args.model], dtype=args.dtype, param_dtype="float32", remat=args.remat,
-        logits_chunk=logits_chunk, max_position_embeddings=max(4096, args.seq),
-        eos_token_ids=(), pad_token_id=0)
+        logits_chunk=logits_chunk, eos_token_ids=(), pad_token_id=0)
   base = _TINY if args.tiny else _FULL
   hidden = args.hidden or base["hidden_size"]
   return models.ModelConfig(
@@ -241,6 +239,7 @@ def run_variant(name: str, args) -> dict[str, Any]:
   if args.dtype == "float32":
     peak_gflops = max(peak_gflops, _common.matmul_peak(n)["gflops"])
   flops = step_flops(cfg, algo, lora, args.batch, args.seq)
+  gflops = flops["total"] / timing.median_s / 1e9
   tokens = args.batch * args.seq
   trainable = sum(x.size for x in jax.tree.leaves(holder["state"].params))
   return {
@@ -249,12 +248,11 @@ def run_variant(name: str, args) -> dict[str, Any]:
       "step": timing.as_dict(),
       "tokens_per_step": tokens, "tokens_per_s": tokens / timing.median_s,
       "gflop_per_step": flops["total"] / 1e9,
-      "gflops": flops["total"] / timing.median_s / 1e9,
+      "gflops": gflops,
       "matmul_peak_gflops": peak_gflops,
-      "mfu": flops["total"] / timing.median_s / 1e9 / peak_gflops,
+      "mfu": gflops / peak_gflops,
       "dtype": args.dtype,
-      "mfu_vs_stated_peak": (flops["total"] / timing.median_s / 1e12 / args.peak_tflops
-                             if args.peak_tflops else None),
+      "mfu_vs_stated_peak": gflops / 1e3 / args.peak_tflops if args.peak_tflops else None,
       "trainable_params": int(trainable),
       "peak_rss_mb": _common.peak_rss_mb(),
       "device_memory": _common.device_memory(),
